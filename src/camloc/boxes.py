@@ -1,0 +1,99 @@
+"""From normalised maps to boxes: threshold, connected components, IoU.
+
+Boxes are ``[xmin, ymin, xmax, ymax]`` in pixel edges: a box covering columns 10..19
+is ``[10, y, 20, y']``, so ``width = xmax - xmin``.
+
+>>> import numpy as np
+>>> heat = np.zeros((50, 80)); heat[10:20, 30:60] = 1.0
+>>> boxes_from_map(heat, threshold=0.2)
+[(30, 10, 60, 20)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+Box = tuple[int, int, int, int]
+DEFAULT_THRESHOLD = 0.2
+
+
+def normalize_maps(maps: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Min-max normalise each ``(..., H, W)`` map to [0, 1] over the pixels in ``mask``.
+
+    Pixels outside the mask (not seen by the network) become 0. A flat map becomes all 0.
+
+    >>> normalize_maps(torch.tensor([[[1.0, 3.0], [2.0, 5.0]]])).tolist()
+    [[[0.0, 0.5], [0.25, 1.0]]]
+    """
+    flat = maps.flatten(-2)
+    if mask is not None:
+        valid = mask.flatten().to(maps.device)
+        low = flat.masked_fill(~valid, float("inf")).amin(-1, keepdim=True)
+        high = flat.masked_fill(~valid, float("-inf")).amax(-1, keepdim=True)
+    else:
+        low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+    span = (high - low).clamp_min(1e-12)
+    normalized = ((flat - low) / span).clamp_(0, 1)
+    if mask is not None:
+        normalized = normalized * valid
+    return normalized.view_as(maps)
+
+
+def boxes_from_mask(mask: np.ndarray, largest_only: bool = True, min_area: float = 0.0) -> list[Box]:
+    """Bounding boxes of the 8-connected components of a boolean mask, largest first.
+
+    ``min_area`` is a fraction of the image area (components smaller are dropped, except
+    that the largest is always kept when ``largest_only``).
+    """
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return []
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    order = np.argsort(-areas, kind="stable")
+    slices = ndimage.find_objects(labels)
+    limit = min_area * mask.size
+    boxes: list[Box] = []
+    for rank, index in enumerate(order[:1] if largest_only else order):
+        if rank > 0 and areas[index] < limit:
+            break
+        rows, cols = slices[index]
+        boxes.append((int(cols.start), int(rows.start), int(cols.stop), int(rows.stop)))
+    return boxes
+
+
+def boxes_from_map(
+    normalized_map: np.ndarray | torch.Tensor,
+    threshold: float = DEFAULT_THRESHOLD,
+    largest_only: bool = True,
+    min_area: float = 0.0,
+) -> list[Box]:
+    """Boxes of a normalised map: pixels ``>= threshold``, components, largest first.
+
+    The paper's rule (Zhou et al. 2016) is the default: 20% of the maximum, largest component.
+    """
+    if isinstance(normalized_map, torch.Tensor):
+        mask = (normalized_map >= threshold).cpu().numpy()
+    else:
+        mask = np.asarray(normalized_map) >= threshold
+    return boxes_from_mask(mask, largest_only=largest_only, min_area=min_area)
+
+
+def box_iou(boxes_a: Sequence[Sequence[float]], boxes_b: Sequence[Sequence[float]]) -> np.ndarray:
+    """Pairwise IoU matrix ``(len(a), len(b))`` of ``[xmin, ymin, xmax, ymax]`` boxes.
+
+    >>> box_iou([[0, 0, 10, 10]], [[5, 0, 15, 10], [20, 20, 30, 30]]).round(3).tolist()
+    [[0.333, 0.0]]
+    """
+    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(bottom_right - top_left, 0, None).prod(-1)
+    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
+    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)

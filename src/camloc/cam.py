@@ -1,0 +1,298 @@
+"""Class Activation Maps, batched, and the ``explain`` pipeline.
+
+A method turns a batch into ``(logits, class indices, maps at feature resolution)``.
+:class:`CAMMethod` is the base: it owns the forward pass (and, in subclasses, hooks and
+gradients); a method only says how to weight the feature channels. Plain CAM is exact:
+``maps = einsum(W[classes], features)``, one matmul for all classes of a whole batch.
+
+>>> import camloc
+>>> model = camloc.load_model()
+>>> [result] = camloc.explain(model, ["examples/images/chelsea_cat.jpg"])
+>>> result.targets[0].label in ("tabby", "tiger cat", "Egyptian cat")
+True
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .boxes import DEFAULT_THRESHOLD, Box, boxes_from_map, normalize_maps
+from .errors import ClassError, ModelError
+from .images import Geometry, coverage_mask, load_image, maps_to_original, preprocess
+from .models import ClassifierAdapter, inference_mode
+
+NUM_PREDICTIONS = 5
+
+
+# --------------------------------------------------------------------------- choosing classes
+
+
+@dataclass(frozen=True)
+class ClassSelection:
+    """Which classes to explain: the top ``topk``, the ``rank``-th most likely (1-based),
+    or named/indexed ``classes``.
+
+    >>> ClassSelection(topk=3).count
+    3
+    """
+
+    topk: int = 1
+    rank: int | None = None
+    classes: tuple[int | str, ...] = ()
+
+    def __post_init__(self):
+        if self.topk < 1:
+            raise ClassError(f"--topk must be at least 1, got {self.topk}")
+        if self.rank is not None and self.rank < 1:
+            raise ClassError(f"--rank must be at least 1 (1 = most likely), got {self.rank}")
+
+    @property
+    def count(self) -> int:
+        return len(self.classes) or (1 if self.rank is not None else self.topk)
+
+    def resolve(self, model: ClassifierAdapter) -> list[int] | None:
+        """Fixed class indices (validated), or ``None`` when they depend on the scores."""
+        if not self.classes:
+            if max(self.topk, self.rank or 1) > model.num_classes:
+                raise ClassError(f"asked for rank {max(self.topk, self.rank or 1)} of a model "
+                                 f"with {model.num_classes} classes")
+            return None
+        return [model.class_index(c) for c in self.classes]
+
+    def indices(self, logits: torch.Tensor, model: ClassifierAdapter) -> torch.Tensor:
+        """``(N, k)`` class indices to explain for each image of the batch."""
+        fixed = self.resolve(model)
+        if fixed is not None:
+            return torch.tensor(fixed, device=logits.device).expand(logits.shape[0], -1)
+        order = logits.topk(max(self.topk, self.rank or 1), dim=1).indices
+        return order[:, self.rank - 1 : self.rank] if self.rank is not None else order
+
+
+# --------------------------------------------------------------------------- methods
+
+
+@dataclass
+class MethodOutput:
+    logits: torch.Tensor  # (N, C)
+    classes: torch.Tensor  # (N, k) explained class indices
+    maps: torch.Tensor  # (N, k, h, w) at feature resolution
+    method: str
+
+
+class CAMMethod:
+    """Base class of map methods; this one is plain CAM (Zhou et al. 2016).
+
+    Subclasses override :meth:`compute`; the base restores the model's mode and grad state.
+
+    >>> import torch, camloc
+    >>> model = camloc.load_model("resnet18", weights="random")
+    >>> out = CAMMethod(model)(torch.randn(2, 3, 224, 224), ClassSelection(topk=3))
+    >>> tuple(out.maps.shape)
+    (2, 3, 7, 7)
+    """
+
+    name: ClassVar[str] = "cam"
+    needs_grad: ClassVar[bool] = False
+
+    def __init__(self, model: ClassifierAdapter):
+        self.model = model
+
+    def __call__(self, batch: torch.Tensor, selection: ClassSelection) -> MethodOutput:
+        with inference_mode(self.model.model, grad=self.needs_grad):
+            return self.compute(batch, selection)
+
+    def compute(self, batch: torch.Tensor, selection: ClassSelection) -> MethodOutput:
+        logits, features = self.model.forward_with_features(batch)
+        classes = selection.indices(logits, self.model)
+        return MethodOutput(logits, classes, class_maps(self.model, features, classes), self.name)
+
+
+def class_maps(model: ClassifierAdapter, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Exact CAMs ``(N, k, h, w)`` of ``classes (N, k)``: ``mean_xy(map) + bias == logit``."""
+    weight, scale, _ = model.head(features)
+    chosen = weight[classes]  # (N, k, K)
+    if scale is not None:
+        chosen = chosen * scale[:, None, :]
+    return torch.einsum("nkc,nchw->nkhw", chosen.to(features.dtype), features)
+
+
+METHODS: dict[str, type[CAMMethod]] = {"cam": CAMMethod}
+
+
+def get_method(name: str, model: ClassifierAdapter) -> CAMMethod:
+    """The method called ``name`` (``"auto"``: exact CAM when the head allows it)."""
+    if name == "auto":
+        name = "cam" if model.head_error is None or "gradcam" not in METHODS else "gradcam"
+    if name not in METHODS:
+        raise ModelError(f"unknown method {name!r}; choose from auto, {', '.join(METHODS)}")
+    if name == "cam":
+        model.require_cam()
+    return METHODS[name](model)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Prediction:
+    index: int
+    label: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "label": self.label, "score": round(self.score, 6)}
+
+
+@dataclass
+class Explanation:
+    """One image explained: predictions, maps at original resolution, boxes.
+
+    ``maps`` are raw class scores per pixel (``(k, H, W)``), ``normalized`` the same maps
+    min-max scaled to [0, 1] over the pixels the network saw, ``boxes[i]`` the boxes of
+    class ``targets[i]`` (largest component first).
+    """
+
+    geometry: Geometry
+    predictions: list[Prediction]
+    targets: list[Prediction]
+    maps: torch.Tensor
+    normalized: torch.Tensor
+    boxes: list[list[Box]]
+    method: str = "cam"
+    source: str | None = None
+    coverage: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` of the original image."""
+        return self.geometry.original_size[1], self.geometry.original_size[0]
+
+    def to_record(self) -> dict[str, Any]:
+        """The results.jsonl record (without ``outputs``)."""
+        return {
+            "image": self.source,
+            "width": self.size[0],
+            "height": self.size[1],
+            "method": self.method,
+            "predictions": [p.to_dict() for p in self.predictions],
+            "cams": [
+                {**target.to_dict(), "boxes": [list(box) for box in boxes]}
+                for target, boxes in zip(self.targets, self.boxes, strict=True)
+            ],
+            "outputs": {},
+            "error": None,
+        }
+
+
+@dataclass(frozen=True)
+class BoxOptions:
+    """How maps become boxes: keep ``>= threshold`` of the normalised map, then the largest
+    component (or all components of at least ``min_area`` of the image)."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    largest_only: bool = True
+    min_area: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ClassError(f"threshold must be in [0, 1], got {self.threshold}")
+        if not 0.0 <= self.min_area < 1.0:
+            raise ClassError(f"min area must be a fraction of the image in [0, 1), got {self.min_area}")
+
+
+def finish(
+    output: MethodOutput,
+    geometries: Sequence[Geometry],
+    model: ClassifierAdapter,
+    box_options: BoxOptions = BoxOptions(),
+    sources: Sequence[str | None] | None = None,
+) -> list[Explanation]:
+    """Method output → per-image explanations at original resolution, with boxes."""
+    probabilities = output.logits.float().softmax(dim=1)
+    top = probabilities.topk(min(NUM_PREDICTIONS, probabilities.shape[1]), dim=1)
+    target_scores = probabilities.gather(1, output.classes)
+    top_values, top_indices = top.values.cpu().tolist(), top.indices.cpu().tolist()
+    classes, scores = output.classes.cpu().tolist(), target_scores.cpu().tolist()
+    results = []
+    for i, geometry in enumerate(geometries):
+        covered = coverage_mask(geometry, output.maps.device) if geometry.policy == "center-crop" else None
+        maps = maps_to_original(output.maps[i], geometry)
+        normalized = normalize_maps(maps, covered)
+        results.append(Explanation(
+            geometry=geometry,
+            predictions=[Prediction(c, model.class_names[c], s) for c, s in zip(top_indices[i], top_values[i], strict=True)],
+            targets=[Prediction(c, model.class_names[c], s) for c, s in zip(classes[i], scores[i], strict=True)],
+            maps=maps,
+            normalized=normalized,
+            boxes=[boxes_from_map(m, box_options.threshold, box_options.largest_only, box_options.min_area)
+                   for m in normalized],
+            method=output.method,
+            source=sources[i] if sources is not None else None,
+            coverage=covered,
+        ))
+    return results
+
+
+ImageInput = str | os.PathLike | Image.Image | torch.Tensor | np.ndarray
+
+
+def as_pil(image: ImageInput) -> Image.Image:
+    """A path, PIL image, ``(3, H, W)`` tensor (uint8, or float in [0, 1]) or ``(H, W, 3)`` array → RGB."""
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if isinstance(image, torch.Tensor) and array.ndim == 3 and array.shape[0] in (1, 3):
+        array = array.transpose(1, 2, 0)
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    return Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
+
+
+def explain(
+    model: ClassifierAdapter,
+    images: Sequence[ImageInput] | ImageInput,
+    *,
+    topk: int = 1,
+    rank: int | None = None,
+    classes: Sequence[int | str] = (),
+    method: str = "auto",
+    policy: str = "squash",
+    threshold: float = DEFAULT_THRESHOLD,
+    largest_only: bool = True,
+    min_area: float = 0.0,
+    batch_size: int = 32,
+) -> list[Explanation]:
+    """Explain images (paths, PIL images, tensors): predictions, maps, boxes.
+
+    >>> import camloc
+    >>> model = camloc.load_model()
+    >>> [r] = camloc.explain(model, "examples/images/coffee.jpg", topk=3)
+    >>> len(r.targets), tuple(r.normalized.shape)
+    (3, (3, 400, 600))
+    """
+    if isinstance(images, (str, os.PathLike, Image.Image, torch.Tensor, np.ndarray)):
+        images = [images]
+    selection = ClassSelection(topk=topk, rank=rank, classes=tuple(classes))
+    selection.resolve(model)
+    box_options = BoxOptions(threshold, largest_only, min_area)
+    runner = get_method(method, model)
+    results: list[Explanation] = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        tensors, geometries = zip(*(preprocess(as_pil(im), model.input_size, policy, model.mean, model.std)
+                                    for im in chunk), strict=True)
+        batch = torch.stack(tensors).to(model.device)
+        sources = [str(im) if isinstance(im, (str, os.PathLike)) else None for im in chunk]
+        results.extend(finish(runner(batch, selection), geometries, model, box_options, sources))
+    return results

@@ -1,0 +1,273 @@
+"""Loading images and the resize policies, with the geometry that maps maps back.
+
+Every preprocessed image carries a :class:`Geometry`: the affine map from original
+pixel coordinates to network-input coordinates, per axis (``u = scale * x + offset``,
+continuous coordinates where pixel ``i`` spans ``[i, i + 1]``). Maps computed at feature
+resolution are resampled through it, so they land on the original pixels whatever the
+resize policy was.
+
+>>> from PIL import Image
+>>> image = Image.new("RGB", (400, 200))
+>>> tensor, geometry = preprocess(image, 224, "center-crop", (0.5,) * 3, (0.5,) * 3)
+>>> tuple(tensor.shape), geometry.original_size
+((3, 224, 224), (200, 400))
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+ResizePolicy = Literal["squash", "center-crop", "pad"]
+RESIZE_POLICIES: tuple[str, ...] = ("squash", "center-crop", "pad")
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+)
+DEFAULT_MAX_PIXELS = 80_000_000
+
+# Decoding limits are ours to enforce (before decoding); Pillow's own bomb check stays off.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an original image went in the network input.
+
+    ``input = scale * original + offset`` per axis, in continuous pixel coordinates.
+    """
+
+    original_size: tuple[int, int]  # (height, width) of the image as loaded
+    input_size: tuple[int, int]  # (height, width) of the network input
+    scale: tuple[float, float]  # (sy, sx)
+    offset: tuple[float, float]  # (oy, ox)
+    policy: str = "squash"
+
+    def to_input(self, boxes: np.ndarray) -> np.ndarray:
+        """Boxes ``[xmin, ymin, xmax, ymax]`` in original pixels → input pixels."""
+        (sy, sx), (oy, ox) = self.scale, self.offset
+        return np.asarray(boxes, dtype=np.float64) * [sx, sy, sx, sy] + [ox, oy, ox, oy]
+
+    def to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """Boxes in input pixels → original pixels."""
+        (sy, sx), (oy, ox) = self.scale, self.offset
+        return (np.asarray(boxes, dtype=np.float64) - [ox, oy, ox, oy]) / [sx, sy, sx, sy]
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open an image file as RGB with its EXIF orientation applied.
+
+    Raises :class:`ImageError` with a one-line reason for anything that is not a readable
+    image, and for images over ``max_pixels`` (checked from the header, before decoding).
+
+    >>> load_image("examples/images/coffee.jpg").size
+    (600, 400)
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file")
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"{path}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
+                    f"limit of {max_pixels / 1e6:.0f} (raise it with --max-pixels)"
+                )
+            image.load()
+            return to_rgb(image)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file (unrecognised format)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ImageError(f"{path}: unreadable image ({reason})") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode → 8-bit RGB, EXIF orientation applied, transparency over white.
+
+    16-bit and float images are scaled to 8 bits rather than clipped.
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        if image.mode == "F" and array.max() <= 1.0:
+            top = 1.0
+        array = np.clip(array / top * 255.0, 0, 255).round().astype(np.uint8)
+        image = Image.fromarray(array, mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def _as_pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def resize_geometry(
+    original_size: tuple[int, int], input_size: int | tuple[int, int], policy: str
+) -> tuple[tuple[int, int], tuple[int, int], Geometry]:
+    """Plan a resize: (resized (h, w), paste/crop offset (y, x), geometry).
+
+    For ``center-crop`` the offset is negative (the crop starts inside the resized image);
+    for ``pad`` it is positive (the resized image is pasted inside the canvas).
+    """
+    height, width = original_size
+    input_h, input_w = _as_pair(input_size)
+    if policy == "squash":
+        resized = (input_h, input_w)
+    elif policy in ("center-crop", "pad"):
+        pick = max if policy == "center-crop" else min
+        factor = pick(input_h / height, input_w / width)
+        resized = (max(1, round(height * factor)), max(1, round(width * factor)))
+    else:
+        raise ValueError(f"unknown resize policy {policy!r}; choose from {', '.join(RESIZE_POLICIES)}")
+    offset = ((input_h - resized[0]) // 2, (input_w - resized[1]) // 2)
+    geometry = Geometry(
+        original_size=(height, width),
+        input_size=(input_h, input_w),
+        scale=(resized[0] / height, resized[1] / width),
+        offset=(float(offset[0]), float(offset[1])),
+        policy=policy,
+    )
+    return resized, offset, geometry
+
+
+def preprocess(
+    image: Image.Image,
+    input_size: int | tuple[int, int],
+    policy: str,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+) -> tuple[torch.Tensor, Geometry]:
+    """Resize an RGB image by ``policy`` and normalise it: ``(3, h, w)`` float tensor + geometry.
+
+    >>> from PIL import Image
+    >>> tensor, geometry = preprocess(Image.new("RGB", (300, 100)), 224, "pad", (0.5,) * 3, (0.5,) * 3)
+    >>> geometry.scale, geometry.offset
+    ((0.7466666666666667, 0.7466666666666667), (75.0, 0.0))
+    """
+    image = to_rgb(image)
+    resized_hw, (off_y, off_x), geometry = resize_geometry((image.height, image.width), input_size, policy)
+    input_h, input_w = geometry.input_size
+    resized = image.resize((resized_hw[1], resized_hw[0]), Image.Resampling.BILINEAR, reducing_gap=None)
+    if policy == "squash":
+        canvas = resized
+    elif policy == "center-crop":
+        canvas = resized.crop((-off_x, -off_y, -off_x + input_w, -off_y + input_h))
+    else:
+        fill = tuple(int(round(m * 255)) for m in mean)
+        canvas = Image.new("RGB", (input_w, input_h), fill)
+        canvas.paste(resized, (off_x, off_y))
+    tensor = torch.from_numpy(np.asarray(canvas, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return normalize(tensor, mean, std), geometry
+
+
+def normalize(uint8_chw: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 ``(..., 3, h, w)`` → float, ``(x / 255 - mean) / std``."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (uint8_chw.float() / 255.0 - mean_t) / std_t
+
+
+def interpolation_matrix(
+    n_out: int, n_feature: int, n_input: int, scale: float, offset: float, device=None
+) -> torch.Tensor:
+    """``(n_out, n_feature)`` bilinear weights from a feature axis to an original axis.
+
+    Original pixel centre ``x + 0.5`` → input coordinate ``u = scale * (x + 0.5) + offset``
+    → feature coordinate ``u * n_feature / n_input - 0.5`` (align_corners=False), clamped at
+    the borders like ``F.interpolate``.
+    """
+    x = torch.arange(n_out, dtype=torch.float64, device=device) + 0.5
+    p = ((scale * x + offset) * (n_feature / n_input) - 0.5).clamp(0, n_feature - 1)
+    lower = p.floor().long()
+    upper = (lower + 1).clamp(max=n_feature - 1)
+    frac = (p - lower).float()
+    matrix = torch.zeros(n_out, n_feature, device=device)
+    rows = torch.arange(n_out, device=device)
+    matrix.index_put_((rows, lower), 1 - frac, accumulate=True)
+    matrix.index_put_((rows, upper), frac, accumulate=True)
+    return matrix
+
+
+def maps_to_original(maps: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Resample ``(k, h_f, w_f)`` feature-resolution maps to ``(k, H, W)`` original pixels.
+
+    One separable bilinear interpolation (two small matmuls), exact for every resize policy.
+    """
+    (height, width), (input_h, input_w) = geometry.original_size, geometry.input_size
+    (sy, sx), (oy, ox) = geometry.scale, geometry.offset
+    rows = interpolation_matrix(height, maps.shape[-2], input_h, sy, oy, maps.device)
+    cols = interpolation_matrix(width, maps.shape[-1], input_w, sx, ox, maps.device)
+    return torch.einsum("Hh,khw,Ww->kHW", rows, maps.float(), cols)
+
+
+def coverage_mask(geometry: Geometry, device=None) -> torch.Tensor:
+    """``(H, W)`` bool: which original pixels the network saw (False outside a center crop)."""
+    (height, width), (input_h, input_w) = geometry.original_size, geometry.input_size
+    (sy, sx), (oy, ox) = geometry.scale, geometry.offset
+    ys = sy * (torch.arange(height, device=device) + 0.5) + oy
+    xs = sx * (torch.arange(width, device=device) + 0.5) + ox
+    return ((ys >= 0) & (ys <= input_h))[:, None] & ((xs >= 0) & (xs <= input_w))[None, :]
+
+
+def collect_images(inputs: list[str]) -> list[Path]:
+    """Expand files, folders (recursively) and glob patterns into image paths, in order.
+
+    Files named explicitly are kept whatever their extension (so a bad one is reported);
+    inside folders and globs only common image extensions are taken.
+    """
+    import glob
+
+    found: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(path: Path) -> None:
+        if path not in seen:
+            seen.add(path)
+            found.append(path)
+
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and is_image_path(child):
+                    add(child)
+        elif path.exists():
+            add(path)
+        elif glob.has_magic(item):
+            for match in sorted(glob.glob(item, recursive=True)):
+                match_path = Path(match)
+                if match_path.is_file() and is_image_path(match_path):
+                    add(match_path)
+                elif match_path.is_dir():
+                    for child in sorted(match_path.rglob("*")):
+                        if child.is_file() and is_image_path(child):
+                            add(child)
+        else:
+            add(path)  # reported as missing by the loader, counted as failed
+    return found

@@ -1,0 +1,324 @@
+"""The streaming folder job behind ``camloc run``: load → explain → render → write.
+
+Images stream through a DataLoader (decoding in worker processes) in batches, so memory
+does not grow with the folder. Each image gets its rendered files (written atomically)
+and one line in ``results.jsonl``; an unreadable file gets a record with its error and
+the run goes on. ``resume=True`` skips images already done.
+
+>>> import camloc, tempfile
+>>> from camloc.runner import RunOptions, run
+>>> out = tempfile.mkdtemp()
+>>> summary = run(camloc.load_model(), ["examples/images/coffee.jpg"], RunOptions(out=out))
+>>> summary.done, summary.failed
+(1, 0)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from . import render
+from .cam import BoxOptions, ClassSelection, Explanation, finish, get_method
+from .errors import CamlocError, ImageError
+from .images import DEFAULT_MAX_PIXELS, Geometry, collect_images, load_image, preprocess
+from .models import ClassifierAdapter
+
+RESULTS_FILE = "results.jsonl"
+
+
+@dataclass
+class RunOptions:
+    """Everything ``camloc run`` can be told, with its defaults."""
+
+    out: str | os.PathLike = "camloc-out"
+    topk: int = 1
+    rank: int | None = None
+    classes: Sequence[int | str] = ()
+    method: str = "auto"
+    policy: str = "squash"
+    threshold: float = 0.2
+    largest_only: bool = True
+    min_area: float = 0.0
+    colormap: str = render.DEFAULT_COLORMAP
+    alpha: float = render.DEFAULT_ALPHA
+    image_format: str = "png"
+    overlay: bool = True
+    panels: bool = False
+    grid: bool | None = None  # None: a grid when more than one class is explained
+    save_maps: bool = False
+    batch_size: int = 16
+    workers: int = 0
+    resume: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def selection(self) -> ClassSelection:
+        return ClassSelection(topk=self.topk, rank=self.rank, classes=tuple(self.classes))
+
+    def box_options(self) -> BoxOptions:
+        return BoxOptions(self.threshold, self.largest_only, self.min_area)
+
+
+@dataclass
+class RunSummary:
+    found: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        parts = [f"{self.done} done", f"{self.failed} failed"]
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped (already done)")
+        return ", ".join(parts) + f" in {self.seconds:.1f}s ({self.images_per_second:.1f} images/s)"
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_image(picture: Image.Image, path: Path) -> None:
+    buffer = io.BytesIO()
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        picture.convert("RGB").save(buffer, format="JPEG", quality=92)
+    else:
+        picture.save(buffer, format="PNG", compress_level=1)
+    write_atomic(path, buffer.getvalue())
+
+
+def save_array(array: np.ndarray, path: Path) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_atomic(path, buffer.getvalue())
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def output_stems(paths: Sequence[Path], inputs: Sequence[str]) -> list[str]:
+    """A unique output name stem per input: its path inside the folder given, else its name."""
+    roots = [Path(item) for item in inputs if Path(item).is_dir()]
+    stems, used = [], set()
+    for path in paths:
+        stem = path.with_suffix("").name
+        for root in roots:
+            try:
+                stem = path.relative_to(root).with_suffix("").as_posix()
+                break
+            except ValueError:
+                continue
+        stem = re.sub(r"[^\w\-./]", "_", stem).lstrip("./") or "image"
+        unique, n = stem, 2
+        while unique in used:
+            unique, n = f"{stem}-{n}", n + 1
+        used.add(unique)
+        stems.append(unique)
+    return stems
+
+
+@dataclass
+class Item:
+    index: int
+    path: str
+    tensor: torch.Tensor | None = None
+    geometry: Geometry | None = None
+    image: torch.Tensor | None = None  # (H, W, 3) uint8 original, for rendering
+    error: str | None = None
+
+
+class ImageDataset(Dataset):
+    """Loads and preprocesses one image per item; failures become an ``Item`` with an error."""
+
+    def __init__(self, paths: Sequence[Path], model: ClassifierAdapter, policy: str, max_pixels: int):
+        self.paths, self.policy, self.max_pixels = list(paths), policy, max_pixels
+        self.input_size, self.mean, self.std = model.input_size, model.mean, model.std
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Item:
+        path = self.paths[index]
+        try:
+            image = load_image(path, self.max_pixels)
+            tensor, geometry = preprocess(image, self.input_size, self.policy, self.mean, self.std)
+            original = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+            return Item(index, str(path), tensor, geometry, original)
+        except ImageError as error:
+            return Item(index, str(path), error=str(error))
+        except Exception as error:  # noqa: BLE001 - one bad file never stops the run
+            return Item(index, str(path), error=f"{path}: {type(error).__name__}: {error}".splitlines()[0])
+
+
+def _keep_items(items: list[Item]) -> list[Item]:
+    return items
+
+
+def batches(paths: Sequence[Path], model: ClassifierAdapter, options: RunOptions) -> Iterator[list[Item]]:
+    dataset = ImageDataset(paths, model, options.policy, options.max_pixels)
+    loader = DataLoader(dataset, batch_size=options.batch_size, num_workers=options.workers,
+                        collate_fn=_keep_items, prefetch_factor=2 if options.workers else None,
+                        persistent_workers=False)
+    yield from loader
+
+
+# --------------------------------------------------------------------------- results file
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """Records of an existing results.jsonl; a torn last line (interrupted run) is dropped."""
+    records = []
+    if not path.exists():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "image" in record:
+            records.append(record)
+    return records
+
+
+def prepare_results(out: Path, resume: bool) -> set[str]:
+    """Start results.jsonl afresh, or keep its successful records when resuming.
+
+    Returns the images already done. Failed records are dropped so they are retried.
+    """
+    path = out / RESULTS_FILE
+    kept = [r for r in read_results(path) if r.get("error") is None] if resume else []
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    return {r["image"] for r in kept}
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def write_outputs(
+    explanation: Explanation, image: Image.Image, stem: str, out: Path, options: RunOptions
+) -> dict[str, str]:
+    """Write the rendered files of one image; returns their paths relative to ``out``."""
+    extension = "jpg" if options.image_format.lower() in ("jpg", "jpeg") else "png"
+    written: dict[str, str] = {}
+
+    def put(kind: str, picture: Image.Image) -> None:
+        relative = f"{stem}_{kind}.{extension}"
+        save_image(picture, out / relative)
+        written[kind] = relative
+
+    style = {"alpha": options.alpha, "colormap": options.colormap}
+    if options.overlay:
+        put("overlay", render.overlay(image, explanation, 0, **style))
+    if options.panels:
+        put("panels", render.panels(image, explanation, 0, **style))
+    if options.grid or (options.grid is None and len(explanation.targets) > 1):
+        put("grid", render.grid(image, explanation, **style))
+    if options.save_maps:
+        relative = f"{stem}_maps.npy"
+        save_array(explanation.normalized.cpu().numpy().astype(np.float32), out / relative)
+        written["maps"] = relative
+    return written
+
+
+def error_record(path: str, message: str) -> dict[str, Any]:
+    return {"image": path, "width": None, "height": None, "predictions": [], "cams": [],
+            "outputs": {}, "error": message}
+
+
+def run(
+    model: ClassifierAdapter,
+    inputs: Sequence[str | os.PathLike],
+    options: RunOptions,
+    on_start: Callable[[int], None] | None = None,
+    on_image: Callable[[dict[str, Any]], None] | None = None,
+) -> RunSummary:
+    """Explain every image under ``inputs`` into ``options.out``; returns the counts.
+
+    ``on_start(total)`` is called once with the number of images to process,
+    ``on_image(record)`` after each image (the CLI's progress bar and warnings).
+    """
+    started = time.perf_counter()
+    inputs = [str(item) for item in inputs]
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = collect_images(inputs)
+    summary = RunSummary(found=len(paths))
+    if not paths:
+        raise CamlocError(f"no images found in {', '.join(inputs)}")
+    stems = dict(zip(map(str, paths), output_stems(paths, inputs), strict=True))
+    selection, box_options = options.selection(), options.box_options()
+    selection.resolve(model)
+    method = get_method(options.method, model)
+    done_before = prepare_results(out, options.resume)
+    todo = [p for p in paths if str(p) not in done_before]
+    summary.skipped = len(paths) - len(todo)
+    if on_start:
+        on_start(len(todo))
+    with open(out / RESULTS_FILE, "a", encoding="utf-8") as results:
+        for items in batches(todo, model, options):
+            good = [item for item in items if item.error is None]
+            explanations: dict[int, Explanation] = {}
+            if good:
+                batch = torch.stack([item.tensor for item in good]).to(model.device, non_blocking=True)
+                output = method(batch, selection)
+                geometries = [item.geometry for item in good]
+                for item, explanation in zip(good, finish(output, geometries, model, box_options,
+                                                          [item.path for item in good]), strict=True):
+                    explanations[item.index] = explanation
+            for item in items:
+                record = _finish_item(item, explanations.get(item.index), stems, out, options)
+                results.write(json.dumps(record) + "\n")
+                results.flush()
+                if record["error"] is None:
+                    summary.done += 1
+                else:
+                    summary.failed += 1
+                    summary.errors.append(record["error"])
+                if on_image:
+                    on_image(record)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _finish_item(item: Item, explanation: Explanation | None, stems: dict[str, str], out: Path,
+                 options: RunOptions) -> dict[str, Any]:
+    if item.error is not None or explanation is None:
+        return error_record(item.path, item.error or f"{item.path}: not processed")
+    try:
+        image = Image.fromarray(item.image.numpy())
+        outputs = write_outputs(explanation, image, stems[item.path], out, options)
+    except OSError as error:
+        return error_record(item.path, f"{item.path}: could not write outputs ({error})")
+    record = explanation.to_record()
+    record["outputs"] = outputs
+    return record
