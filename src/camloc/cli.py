@@ -83,7 +83,8 @@ def run(
     device: DeviceOption = "auto",
 ) -> None:
     """Explain images: overlays, boxes and results.jsonl in --out."""
-    from .runner import RunOptions, run as run_job
+    from .runner import RunOptions
+    from .runner import run as run_job
 
     options = RunOptions(
         out=out, topk=topk, rank=rank, classes=tuple(classes or ()), method=method,

@@ -168,7 +168,7 @@ def preprocess(
     >>> from PIL import Image
     >>> tensor, geometry = preprocess(Image.new("RGB", (300, 100)), 224, "pad", (0.5,) * 3, (0.5,) * 3)
     >>> geometry.scale, geometry.offset
-    ((0.7466666666666667, 0.7466666666666667), (75.0, 0.0))
+    ((0.75, 0.7466666666666667), (74.0, 0.0))
     """
     image = to_rgb(image)
     resized_hw, (off_y, off_x), geometry = resize_geometry((image.height, image.width), input_size, policy)

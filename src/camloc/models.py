@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -548,17 +547,33 @@ def _load_named(name, weights, class_names, input_size, mean, std) -> Classifier
         network = builder(False)
         _load_state_dict(network, weights)
     else:
+        advice = (f"camloc works offline: pass a local weights file with --weights PATH "
+                  f"(load_model({name!r}, weights=PATH)), or use the embedded default model")
+        host = HUB_HOSTS[library]
+        if library == "timm" and not hub_reachable(host):  # timm's hub client retries for a minute
+            raise ModelError(f"could not fetch pretrained weights for {name}: {host} is not "
+                             f"reachable; {advice}")
         try:
             network = builder(True)
         except Exception as error:  # noqa: BLE001 - hub failures come in many types
             first = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-            raise ModelError(
-                f"could not fetch pretrained weights for {name} ({first}); camloc works offline: "
-                f"pass a local file with --weights PATH (load_model(name, weights=PATH)), or use "
-                f"the embedded default model"
-            ) from None
+            raise ModelError(f"could not fetch pretrained weights for {name} ({first}); {advice}") from None
     return adapt(network, name=bare, class_names=class_names, input_size=input_size or size,
                  mean=mean or model_mean, std=std or model_std, source=library)
+
+
+HUB_HOSTS = {"timm": "huggingface.co", "torchvision": "download.pytorch.org"}
+
+
+def hub_reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host:443`` opens within ``timeout`` seconds."""
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _unknown_name(name: str, known: list[str], library: str) -> str:

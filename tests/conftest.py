@@ -1,0 +1,29 @@
+"""Shared fixtures: the embedded default model (loaded once), real photos, small models."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "images"
+CAMLOC = [sys.executable, "-m", "camloc.cli"]
+
+torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    import camloc
+
+    return camloc.load_model()
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, Path]:
+    """The bundled real photos (copies of scikit-image's sample data)."""
+    return {p.stem: p for p in sorted(EXAMPLES.glob("*.jpg"))}
