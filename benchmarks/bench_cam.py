@@ -1,0 +1,103 @@
+"""CAM overhead over the forward pass, and against the naive notebook way.
+
+Same model, same images, same batch, one run. Prints times and ratios:
+
+    python benchmarks/bench_cam.py [--batch 32] [--model efficientnet_lite0] [--repeats 3]
+
+- forward:        the model's forward pass alone (no_grad)
+- camloc top-1:   forward + camloc's CAM of the top class, upsampled to each image's
+                  original size (and normalised)
+- camloc top-5:   the same for the five most likely classes
+- naive (Keras notebook): forward, then per image upsample the K feature channels to the
+  input size (224x224, as the notebook did) and dot them with the class weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import camloc
+from camloc.boxes import normalize_maps
+from camloc.cam import CAMMethod, ClassSelection
+from camloc.images import load_image, maps_to_original, preprocess
+from camloc.models import inference_mode
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_batch(model, batch_size):
+    paths = sorted((ROOT / "examples" / "images").glob("*.jpg"))
+    images = [load_image(paths[i % len(paths)]) for i in range(batch_size)]
+    tensors, geometries = zip(*(preprocess(im, model.input_size, "squash", model.mean, model.std) for im in images))
+    return torch.stack(tensors), list(geometries)
+
+
+def best_time(function, repeats):
+    function()  # warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    model = camloc.load_model(args.model, weights=args.weights)
+    batch, geometries = load_batch(model, args.batch)
+
+    def forward():
+        with inference_mode(model.model):
+            model.model(batch)
+
+    def camloc_cams(k):
+        method = CAMMethod(model)
+
+        def go():
+            output = method(batch, ClassSelection(topk=k))
+            for i, geometry in enumerate(geometries):
+                normalize_maps(maps_to_original(output.maps[i], geometry))
+        return go
+
+    def naive():
+        with inference_mode(model.model):
+            logits, features = model.forward_with_features(batch)
+            top = logits.argmax(1)
+            weight = model.weight.detach()
+            for i, geometry in enumerate(geometries):
+                big = F.interpolate(features[i : i + 1], size=model.input_size, mode="bilinear", align_corners=False)
+                cam = torch.einsum("k,khw->hw", weight[top[i]], big[0])
+                F.interpolate(cam[None, None], size=geometry.original_size, mode="bilinear", align_corners=False)
+
+    rows = {
+        "forward": best_time(forward, args.repeats),
+        "camloc top-1": best_time(camloc_cams(1), args.repeats),
+        "camloc top-5": best_time(camloc_cams(5), args.repeats),
+        "naive (notebook)": best_time(naive, args.repeats),
+    }
+    base = rows["forward"]
+    print(f"model {model.name}, batch {args.batch}, {torch.get_num_threads()} threads, "
+          f"images {geometries[0].original_size}... (original sizes vary)")
+    print(f"{'':20s} {'seconds':>9s} {'× forward':>10s} {'overhead':>9s}")
+    for name, seconds in rows.items():
+        print(f"{name:20s} {seconds:9.4f} {seconds / base:10.3f} {100 * (seconds / base - 1):8.1f}%")
+    print(f"naive / camloc top-1: {rows['naive (notebook)'] / rows['camloc top-1']:.1f}×")
+    if args.json:
+        args.json.write_text(json.dumps({"model": model.name, "batch": args.batch, "seconds": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
