@@ -77,7 +77,8 @@ def run(
     grid: Annotated[bool | None, typer.Option("--grid/--no-grid", help="top-k grid (default: when k > 1)")] = None,
     save_maps: Annotated[bool, typer.Option("--save-maps", help="write normalised maps as .npy")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 16,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, help="image decoding processes (default: auto)")] = None,
+    amp: Annotated[bool, typer.Option("--amp", help="bfloat16 autocast for the model")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="skip images already in results.jsonl")] = False,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = 80_000_000,
     device: DeviceOption = "auto",
@@ -90,7 +91,7 @@ def run(
         out=out, topk=topk, rank=rank, classes=tuple(classes or ()), method=method,
         policy=policy.value, threshold=threshold, largest_only=not all_components, min_area=min_area,
         colormap=colormap, alpha=alpha, image_format=image_format.value, panels=panels, grid=grid,
-        save_maps=save_maps, batch_size=batch_size, workers=workers, resume=resume,
+        save_maps=save_maps, batch_size=batch_size, workers=workers, amp=amp, resume=resume,
         max_pixels=max_pixels,
     )
     from .render import colormap_lut

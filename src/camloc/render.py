@@ -124,9 +124,9 @@ def overlay(
     ground_truth: Sequence[Sequence[float]] = (),
 ) -> Image.Image:
     """The map of ``result.targets[index]`` over the image at its original resolution."""
-    blended = blend(image_tensor(image), result.normalized[index].cpu(), alpha, colormap,
-                    None if result.coverage is None else result.coverage.cpu())
-    picture = Image.fromarray(blended.numpy())
+    normalized = result.normalized[index]  # blended where the map lives (GPU or CPU)
+    blended = blend(image_tensor(image).to(normalized.device), normalized, alpha, colormap, result.coverage)
+    picture = Image.fromarray(blended.cpu().numpy())
     if ground_truth:
         draw_boxes(picture, ground_truth, GT_BOX_COLOR)
     if boxes:

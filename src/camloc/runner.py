@@ -21,6 +21,8 @@ import os
 import re
 import tempfile
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,8 @@ from .images import DEFAULT_MAX_PIXELS, Geometry, collect_images, load_image, pr
 from .models import ClassifierAdapter
 
 RESULTS_FILE = "results.jsonl"
+WRITER_THREADS = 2
+MAX_PENDING_BATCHES = 2
 
 
 @dataclass
@@ -61,7 +65,8 @@ class RunOptions:
     grid: bool | None = None  # None: a grid when more than one class is explained
     save_maps: bool = False
     batch_size: int = 16
-    workers: int = 0
+    workers: int | None = None  # decoding processes; None: automatic (0 for small runs)
+    amp: bool = False  # bfloat16 autocast for the model (mostly for GPUs)
     resume: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
 
@@ -186,9 +191,11 @@ def _keep_items(items: list[Item]) -> list[Item]:
 
 def batches(paths: Sequence[Path], model: ClassifierAdapter, options: RunOptions) -> Iterator[list[Item]]:
     dataset = ImageDataset(paths, model, options.policy, options.max_pixels)
-    loader = DataLoader(dataset, batch_size=options.batch_size, num_workers=options.workers,
-                        collate_fn=_keep_items, prefetch_factor=2 if options.workers else None,
-                        persistent_workers=False)
+    workers = options.workers
+    if workers is None:  # worker start-up costs more than it saves on a handful of images
+        workers = 0 if len(paths) <= 2 * options.batch_size else min(4, os.cpu_count() or 1)
+    loader = DataLoader(dataset, batch_size=options.batch_size, num_workers=workers,
+                        collate_fn=_keep_items, prefetch_factor=2 if workers else None)
     yield from loader
 
 
@@ -264,6 +271,9 @@ def run(
 ) -> RunSummary:
     """Explain every image under ``inputs`` into ``options.out``; returns the counts.
 
+    Decoding (DataLoader workers), the model (main thread) and rendering/writing (a small
+    thread pool, which Pillow's encoders and torch release the GIL for) overlap; at most
+    two batches wait for writing, so memory stays flat however large the folder.
     ``on_start(total)`` is called once with the number of images to process,
     ``on_image(record)`` after each image (the CLI's progress bar and warnings).
     """
@@ -284,30 +294,53 @@ def run(
     summary.skipped = len(paths) - len(todo)
     if on_start:
         on_start(len(todo))
-    with open(out / RESULTS_FILE, "a", encoding="utf-8") as results:
+    pending: deque[list[Future]] = deque()
+
+    def record(futures: list[Future], results) -> None:
+        for future in futures:
+            entry = future.result()
+            results.write(json.dumps(entry) + "\n")
+            if entry["error"] is None:
+                summary.done += 1
+            else:
+                summary.failed += 1
+                summary.errors.append(entry["error"])
+            if on_image:
+                on_image(entry)
+        results.flush()
+
+    with open(out / RESULTS_FILE, "a", encoding="utf-8") as results, \
+            ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="camloc-write") as writers:
         for items in batches(todo, model, options):
-            good = [item for item in items if item.error is None]
-            explanations: dict[int, Explanation] = {}
-            if good:
-                batch = torch.stack([item.tensor for item in good]).to(model.device, non_blocking=True)
-                output = method(batch, selection)
-                geometries = [item.geometry for item in good]
-                for item, explanation in zip(good, finish(output, geometries, model, box_options,
-                                                          [item.path for item in good]), strict=True):
-                    explanations[item.index] = explanation
-            for item in items:
-                record = _finish_item(item, explanations.get(item.index), stems, out, options)
-                results.write(json.dumps(record) + "\n")
-                results.flush()
-                if record["error"] is None:
-                    summary.done += 1
-                else:
-                    summary.failed += 1
-                    summary.errors.append(record["error"])
-                if on_image:
-                    on_image(record)
+            explanations = explain_items(items, model, method, selection, box_options, options)
+            pending.append([writers.submit(_finish_item, item, explanations.get(item.index), stems, out, options)
+                            for item in items])
+            while len(pending) > MAX_PENDING_BATCHES:
+                record(pending.popleft(), results)
+        while pending:
+            record(pending.popleft(), results)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def explain_items(items: list[Item], model: ClassifierAdapter, method, selection: ClassSelection,
+                  box_options: BoxOptions, options: RunOptions) -> dict[int, Explanation]:
+    """Run the method on the readable items of a batch: ``{item.index: explanation}``."""
+    good = [item for item in items if item.error is None]
+    if not good:
+        return {}
+    device = model.device
+    batch = torch.stack([item.tensor for item in good])
+    if device.type == "cuda":
+        batch = batch.pin_memory().to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    else:
+        batch = batch.to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.amp):
+        output = method(batch, selection)
+    output.maps = output.maps.float()
+    output.logits = output.logits.float()
+    explained = finish(output, [item.geometry for item in good], model, box_options, [item.path for item in good])
+    return {item.index: explanation for item, explanation in zip(good, explained, strict=True)}
 
 
 def _finish_item(item: Item, explanation: Explanation | None, stems: dict[str, str], out: Path,
