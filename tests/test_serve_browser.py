@@ -87,7 +87,8 @@ def test_upload_predictions_overlay_sliders_and_screenshot(page, tmp_path):
     assert drawn["opaque"] == 1.0 and drawn["colours"] > 500  # a real blended picture
     # The box computed in the browser from the map PNG matches the library's box.
     assert current_box(page) is not None
-    assert max(abs(a - b) for a, b in zip(current_box(page), expected.boxes[0][0], strict=True)) <= 2
+    differences = [a - b for a, b in zip(current_box(page), expected.boxes[0][0], strict=True)]
+    assert max(map(abs, differences)) <= 2
     scale_pixels = page.evaluate("""() => Array.from(document.getElementById("scale")
         .getContext("2d").getImageData(0, 7, 256, 1).data)""")
     assert scale_pixels[:3] == camloc.render.colormap_lut("jet")[0].tolist()  # colour scale drawn

@@ -137,10 +137,13 @@ def info(model: ModelOption = None, weights: WeightsOption = None, device: Devic
 def serve(
     model: ModelOption = None,
     weights: WeightsOption = None,
-    host: Annotated[str, typer.Option("--host", help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(
+        "--host", help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 8000,
-    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="largest upload")] = 20.0,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="refuse larger images")] = 40_000_000,
+    max_upload_mb: Annotated[float, typer.Option(
+        "--max-upload-mb", min=0.001, help="largest upload in MB")] = 20.0,
+    max_pixels: Annotated[int, typer.Option(
+        "--max-pixels", min=1, help="refuse larger images")] = 40_000_000,
     device: DeviceOption = "auto",
 ) -> None:
     """Serve a web page to try camloc and a JSON API (POST /api/explain, docs at /docs)."""

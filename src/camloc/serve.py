@@ -9,7 +9,8 @@ event loop stays free to answer other requests.
 >>> from fastapi.testclient import TestClient
 >>> client = TestClient(create_app(camloc.load_model()))
 >>> with open("examples/images/coffee.jpg", "rb") as photo:
-...     body = client.post("/api/explain", files={"file": ("coffee.jpg", photo, "image/jpeg")}).json()
+...     upload = {"file": ("coffee.jpg", photo, "image/jpeg")}
+...     body = client.post("/api/explain", files=upload).json()
 >>> body["predictions"][0]["label"], body["cams"][0]["boxes"][0]
 ('espresso', [77, 0, 478, 355])
 """
@@ -74,6 +75,20 @@ class ExplainOptions:
     max_side: int = DEFAULT_MAX_SIDE
 
 
+# The form fields of POST /api/explain.
+ImageUpload = Annotated[UploadFile, File(description="the image (JPEG, PNG, WebP, TIFF...)")]
+TopK = Annotated[int, Form(ge=1, le=MAX_TOPK, description="explain the k most likely classes")]
+Classes = Annotated[list[str] | None, Form(
+    alias="class", description="explain this class (name or index) instead; repeatable")]
+Method = Annotated[str, Form(description="auto or a registered method name")]
+Policy = Annotated[str, Form(description="resize policy: squash, center-crop or pad")]
+Threshold = Annotated[float, Form(ge=0, le=1, description="box threshold, fraction of the range")]
+Colormap = Annotated[str, Form(description="matplotlib colormap of the overlay")]
+Opacity = Annotated[float, Form(ge=0, le=1, description="map opacity in the overlay")]
+MaxSide = Annotated[int, Form(ge=0, le=8192, description="longest side of returned pictures "
+                                                          "(0: original size)")]
+
+
 # --------------------------------------------------------------------------- the model step
 
 
@@ -89,7 +104,8 @@ class Explainer:
         selection.resolve(self.model)  # unknown class → ClassError before any work
         box_options = BoxOptions(threshold=options.threshold)
         if options.policy not in RESIZE_POLICIES:
-            raise CamlocError(f"unknown policy {options.policy!r}; choose from {', '.join(RESIZE_POLICIES)}")
+            raise CamlocError(f"unknown policy {options.policy!r}; "
+                              f"choose from {', '.join(RESIZE_POLICIES)}")
         tensor, geometry = preprocess(image, self.model.input_size, options.policy,
                                       self.model.mean, self.model.std)
         method = get_method(options.method, self.model)
@@ -149,18 +165,20 @@ def scaled(result: Explanation, size: tuple[int, int]) -> Explanation:
     if size == result.size:
         return result
     (width, height), (original_w, original_h) = size, result.size
-    normalized = F.interpolate(result.normalized[None].float(), size=(height, width), mode="area")[0]
+    normalized = F.interpolate(result.normalized[None].float(), (height, width), mode="area")[0]
     coverage = None
     if result.coverage is not None:
         coverage = F.interpolate(result.coverage[None, None].float(), size=(height, width),
                                  mode="nearest")[0, 0].bool()
     sx, sy = width / original_w, height / original_h
-    boxes = [[(round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)) for x0, y0, x1, y1 in found]
-             for found in result.boxes]
+    boxes = [[(round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy))
+              for x0, y0, x1, y1 in found] for found in result.boxes]
     return dataclasses.replace(result, normalized=normalized, coverage=coverage, boxes=boxes)
 
 
-def explain_response(image: Image.Image, result: Explanation, options: ExplainOptions) -> dict[str, Any]:
+def explain_response(
+    image: Image.Image, result: Explanation, options: ExplainOptions
+) -> dict[str, Any]:
     """The results.jsonl record plus the picture, the overlay and each map as PNGs.
 
     Pictures are at display size (longer side at most ``options.max_side``); ``scale`` turns
@@ -168,7 +186,9 @@ def explain_response(image: Image.Image, result: Explanation, options: ExplainOp
     """
     width, height = display_size(*result.size, options.max_side)
     small = scaled(result, (width, height))
-    picture = image if (width, height) == image.size else image.resize((width, height), Image.Resampling.LANCZOS)
+    picture = image
+    if (width, height) != image.size:
+        picture = image.resize((width, height), Image.Resampling.LANCZOS)
     overlay = render.overlay(picture, small, 0, alpha=options.opacity, colormap=options.colormap)
     return {
         **result.to_record(),
@@ -205,8 +225,8 @@ class UploadLimit:
 
 
 def upload_limit_message(max_bytes: int, size: int | None = None) -> str:
-    got = f" ({size / 1e6:.1f} MB)" if size is not None else ""
-    return f"upload too large{got}: the limit is {max_bytes / 1e6:.1f} MB"
+    got = f" ({size / 1e6:.3g} MB)" if size is not None else ""
+    return f"upload too large{got}: the limit is {max_bytes / 1e6:.3g} MB"
 
 
 def error_response(status: int, message: str) -> JSONResponse:
@@ -219,8 +239,9 @@ def validation_message(error: RequestValidationError) -> str:
     """FastAPI's list of validation problems → one line, e.g. ``threshold: must be <= 1``."""
     parts = []
     for problem in error.errors():
-        where = ".".join(str(p) for p in problem.get("loc", ()) if p not in ("body", "query", "path"))
-        parts.append(f"{where}: {problem.get('msg', 'invalid')}" if where else problem.get("msg", "invalid"))
+        where = ".".join(str(p) for p in problem.get("loc", ()) if p not in ("body", "query"))
+        message = problem.get("msg", "invalid")
+        parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts) or "invalid request"
 
 
@@ -303,24 +324,22 @@ def create_app(
     @app.get("/api/samples")
     def sample_list() -> list[dict[str, str]]:
         """The sample photos the page offers."""
-        return [{"name": path.stem, "url": f"/samples/{path.name}"} for path in sample_files(samples_dir)]
+        return [{"name": path.stem, "url": f"/samples/{path.name}"}
+                for path in sample_files(samples_dir)]
 
     @app.post(EXPLAIN_PATH, max_body_size=max_upload)
     async def explain_upload(
-        file: Annotated[UploadFile, File(description="the image (JPEG, PNG, GIF, BMP, TIFF, WebP, PPM)")],
-        topk: Annotated[int, Form(ge=1, le=MAX_TOPK, description="explain the k most likely classes")] = 1,
-        class_: Annotated[list[str] | None, Form(
-            alias="class", description="explain this class (name or index) instead; repeatable")] = None,
-        method: Annotated[str, Form(description="auto or a registered method name")] = "auto",
-        policy: Annotated[str, Form(description="resize policy: squash, center-crop or pad")] = "squash",
-        threshold: Annotated[float, Form(ge=0, le=1, description="box threshold, fraction of the map's range")]
-            = DEFAULT_THRESHOLD,
-        colormap: Annotated[str, Form(description="matplotlib colormap of the overlay")] = render.DEFAULT_COLORMAP,
-        opacity: Annotated[float, Form(ge=0, le=1, description="map opacity in the overlay")] = render.DEFAULT_ALPHA,
-        max_side: Annotated[int, Form(ge=0, le=8192, description="longest side of returned pictures (0: original)")]
-            = DEFAULT_MAX_SIDE,
+        file: ImageUpload,
+        topk: TopK = 1,
+        class_: Classes = None,
+        method: Method = "auto",
+        policy: Policy = "squash",
+        threshold: Threshold = DEFAULT_THRESHOLD,
+        colormap: Colormap = render.DEFAULT_COLORMAP,
+        opacity: Opacity = render.DEFAULT_ALPHA,
+        max_side: MaxSide = DEFAULT_MAX_SIDE,
     ) -> dict[str, Any]:
-        """Explain one image: the results.jsonl record, plus the picture, overlay and maps as PNG data URLs."""
+        """Explain one image: the results.jsonl record, plus picture, overlay and maps as PNGs."""
         options = ExplainOptions(topk=topk, classes=tuple(c for c in class_ or () if c.strip()),
                                  method=method, policy=policy, threshold=threshold,
                                  colormap=colormap, opacity=opacity, max_side=max_side)
