@@ -220,8 +220,9 @@ def test_upload_limit_with_and_without_content_length():
                           "upload too large", "the limit is 0.05 MB")
 
     boundary = "camloc-boundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"c.jpg\""
-            f"\r\nContent-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"c.jpg\""
+            "\r\nContent-Type: image/jpeg\r\n\r\n")
+    body = head.encode() + photo + f"\r\n--{boundary}--\r\n".encode()
 
     def chunks():  # no Content-Length: counted as it streams in
         for start in range(0, len(body), 8192):
