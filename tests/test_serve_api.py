@@ -151,6 +151,11 @@ def test_explain_large_image_returns_small_pictures_and_original_boxes(client):
     assert body["cams"][0]["boxes"] == [list(b) for b in expected.boxes[0]]
 
 
+def test_overlay_can_be_left_out(client):
+    body = client.post("/api/explain", files=upload(), data={"overlay": "false"}).json()
+    assert body["overlay"] is None and len(body["maps"]) == 1
+
+
 def test_png_upload_and_octet_stream(client):
     buffer = io.BytesIO()
     Image.open(COFFEE).save(buffer, "PNG")

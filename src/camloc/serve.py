@@ -73,6 +73,7 @@ class ExplainOptions:
     colormap: str = render.DEFAULT_COLORMAP
     opacity: float = render.DEFAULT_ALPHA
     max_side: int = DEFAULT_MAX_SIDE
+    overlay: bool = True
 
 
 # The form fields of POST /api/explain.
@@ -85,6 +86,8 @@ Policy = Annotated[str, Form(description="resize policy: squash, center-crop or 
 Threshold = Annotated[float, Form(ge=0, le=1, description="box threshold, fraction of the range")]
 Colormap = Annotated[str, Form(description="matplotlib colormap of the overlay")]
 Opacity = Annotated[float, Form(ge=0, le=1, description="map opacity in the overlay")]
+WithOverlay = Annotated[bool, Form(description="include the rendered overlay PNG (the page "
+                                              "blends its own and sends false)")]
 MaxSide = Annotated[int, Form(ge=0, le=8192, description="longest side of returned pictures "
                                                           "(0: original size)")]
 
@@ -189,14 +192,17 @@ def explain_response(
     picture = image
     if (width, height) != image.size:
         picture = image.resize((width, height), Image.Resampling.LANCZOS)
-    overlay = render.overlay(picture, small, 0, alpha=options.opacity, colormap=options.colormap)
+    overlay = None
+    if options.overlay:
+        overlay = data_url(render.overlay(picture, small, 0, alpha=options.opacity,
+                                          colormap=options.colormap))
     return {
         **result.to_record(),
         "display": {"width": width, "height": height, "scale": result.size[0] / width},
         "options": {"threshold": options.threshold, "colormap": options.colormap,
                     "opacity": options.opacity, "policy": options.policy},
         "picture": data_url(picture, "jpeg"),
-        "overlay": data_url(overlay),
+        "overlay": overlay,
         "maps": [data_url(render.map_png(normalized)) for normalized in small.normalized],
     }
 
@@ -338,11 +344,13 @@ def create_app(
         colormap: Colormap = render.DEFAULT_COLORMAP,
         opacity: Opacity = render.DEFAULT_ALPHA,
         max_side: MaxSide = DEFAULT_MAX_SIDE,
+        overlay: WithOverlay = True,
     ) -> dict[str, Any]:
         """Explain one image: the results.jsonl record, plus picture, overlay and maps as PNGs."""
         options = ExplainOptions(topk=topk, classes=tuple(c for c in class_ or () if c.strip()),
                                  method=method, policy=policy, threshold=threshold,
-                                 colormap=colormap, opacity=opacity, max_side=max_side)
+                                 colormap=colormap, opacity=opacity, max_side=max_side,
+                                 overlay=overlay)
         render.colormap_lut(colormap)  # unknown colormap → 400 before any work
         name = Path(file.filename or "upload").name
         data = await file.read()

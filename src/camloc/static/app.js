@@ -251,6 +251,7 @@ async function explain(blob, name) {
   const form = new FormData();
   form.append("file", blob, name);
   form.append("topk", "5");
+  form.append("overlay", "false");   // the page blends its own overlay
   const wanted = $("class").value.trim();
   if (wanted) form.append("class", wanted);
   form.append("threshold", $("threshold").value);
