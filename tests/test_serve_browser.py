@@ -129,6 +129,18 @@ def test_sample_photo_and_errors_on_the_page(page, tmp_path):
     assert page.locator("#predictions .label").first.inner_text() == "espresso"
     assert page.locator("#error").is_hidden()
 
+    # Drag and drop: a real File in a DataTransfer, dropped on the drop zone.
+    page.evaluate("""async () => {
+      const blob = await (await fetch("/samples/rocket.jpg")).blob();
+      const transfer = new DataTransfer();
+      transfer.items.add(new File([blob], "dropped-rocket.jpg", {type: "image/jpeg"}));
+      document.getElementById("drop").dispatchEvent(
+        new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+    }""")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('dropped')")
+    [rocket] = camloc.explain(shared_model(), EXAMPLES / "rocket.jpg")
+    assert page.locator("#predictions .label").first.inner_text() == rocket.targets[0].label
+
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("this is not a picture")
     page.set_input_files("#file", str(not_an_image))
