@@ -218,6 +218,20 @@ def test_unknown_routes_and_colormaps_are_json_errors(client):
     assert_one_line_error(client.get("/api/explain"), 405)
 
 
+def test_an_internal_error_is_one_line_of_json_too(monkeypatch):
+    import camloc.serve
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("simulated failure\nsecond line")
+
+    monkeypatch.setattr(camloc.serve, "explain_response", broken)
+    app = create_app(shared_model())
+    client = fastapi_testclient.TestClient(app, raise_server_exceptions=False)
+    assert_one_line_error(client.post("/api/explain", files=upload()), 500,
+                          "internal error: RuntimeError: simulated failure")
+    assert client.get("/api/health").status_code == 200
+
+
 def test_upload_limit_with_and_without_content_length():
     client = fastapi_testclient.TestClient(create_app(shared_model(), max_upload=50_000))
     photo = COFFEE.read_bytes()  # 72 kB

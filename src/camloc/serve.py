@@ -267,6 +267,11 @@ def install_error_handlers(app: FastAPI, max_upload: int) -> None:
     async def camloc_error(_request: Request, error: CamlocError) -> JSONResponse:
         return error_response(400, str(error))
 
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, error: Exception) -> JSONResponse:
+        # A bug, not a user error: still one line of JSON; uvicorn logs the traceback.
+        return error_response(500, f"internal error: {type(error).__name__}: {error}")
+
 
 def create_app(
     model: ClassifierAdapter,
