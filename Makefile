@@ -35,3 +35,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
+
+# camloc serve: the web page and JSON API on http://127.0.0.1:8000/ (docs/serve.md)
+.PHONY: serve
+serve: $(STAMP)
+	$(VENV)/bin/camloc serve

@@ -135,6 +135,29 @@ def info(model: ModelOption = None, weights: WeightsOption = None, device: Devic
         print(f"head:          GAP → [{neck}] → linear {tuple(adapter.weight.shape)} (exact CAM)")
 
 
+@app.command()
+def serve(
+    model: ModelOption = None,
+    weights: WeightsOption = None,
+    host: Annotated[str, typer.Option(
+        "--host", help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(
+        "--max-upload-mb", min=0.001, help="largest upload in MB")] = 20.0,
+    max_pixels: Annotated[int, typer.Option(
+        "--max-pixels", min=1, help="refuse larger images")] = 40_000_000,
+    device: DeviceOption = "auto",
+) -> None:
+    """Serve a web page to try camloc and a JSON API (POST /api/explain, docs at /docs)."""
+    try:
+        from .serve import serve as run_server
+    except ImportError as error:
+        fail(f"camloc serve needs the serve extra: pip install 'camloc[serve]' ({error})")
+    adapter = load(model, weights, device)
+    run_server(adapter, host, port, max_upload=int(max_upload_mb * 1e6), max_pixels=max_pixels,
+               on_ready=lambda url: err.print(f"camloc: serving {adapter.name} at {url}"))
+
+
 def main() -> None:
     """Console entry point: one clear line for user errors, never a traceback."""
     try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -99,6 +99,34 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ImageError(f"{path}: unreadable image ({reason})") from None
+
+
+def read_image(stream: BinaryIO, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Like :func:`load_image`, from an open binary file (an upload, ``io.BytesIO``).
+
+    The pixel count is checked from the header, before decoding; errors name ``name``.
+
+    >>> import io
+    >>> read_image(io.BytesIO(open("examples/images/coffee.jpg", "rb").read()), "coffee").size
+    (600, 400)
+    """
+    try:
+        with Image.open(stream) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
+                    f"limit of {max_pixels / 1e6:.0f}"
+                )
+            image.load()
+            return to_rgb(image)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image file (unrecognised format)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ImageError(f"{name}: unreadable image ({reason})") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
