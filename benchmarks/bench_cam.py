@@ -38,12 +38,19 @@ def load_batch(model, batch_size):
     return torch.stack(tensors), list(geometries)
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def best_time(function, repeats):
     function()  # warm up
     times = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         function()
+        synchronize()
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -54,10 +61,14 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--weights", default=None)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    model = camloc.load_model(args.model, weights=args.weights)
+    model = camloc.load_model(args.model, weights=args.weights, device=args.device)
     batch, geometries = load_batch(model, args.batch)
+    batch = batch.to(model.device)
+    if model.device.type == "cuda":
+        batch = batch.contiguous(memory_format=torch.channels_last)
 
     def forward():
         with inference_mode(model.model):
@@ -89,14 +100,14 @@ def main() -> None:
         "naive (notebook)": best_time(naive, args.repeats),
     }
     base = rows["forward"]
-    print(f"model {model.name}, batch {args.batch}, {torch.get_num_threads()} threads, "
+    print(f"model {model.name}, batch {args.batch}, device {model.device}, {torch.get_num_threads()} threads, "
           f"images {geometries[0].original_size}... (original sizes vary)")
     print(f"{'':20s} {'seconds':>9s} {'× forward':>10s} {'overhead':>9s}")
     for name, seconds in rows.items():
         print(f"{name:20s} {seconds:9.4f} {seconds / base:10.3f} {100 * (seconds / base - 1):8.1f}%")
     print(f"naive / camloc top-1: {rows['naive (notebook)'] / rows['camloc top-1']:.1f}×")
     if args.json:
-        args.json.write_text(json.dumps({"model": model.name, "batch": args.batch, "seconds": rows}, indent=2))
+        args.json.write_text(json.dumps({"model": model.name, "batch": args.batch, "device": str(model.device), "seconds": rows}, indent=2))
 
 
 if __name__ == "__main__":

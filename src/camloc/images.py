@@ -15,6 +15,7 @@ resize policy was.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,18 +229,23 @@ def interpolation_matrix(
 
     Original pixel centre ``x + 0.5`` → input coordinate ``u = scale * (x + 0.5) + offset``
     → feature coordinate ``u * n_feature / n_input - 0.5`` (align_corners=False), clamped at
-    the borders like ``F.interpolate``.
+    the borders like ``F.interpolate``. Cached per axis and device: images of the same size
+    reuse their matrices, and a GPU gets one small copy instead of a dozen kernel launches.
     """
-    x = torch.arange(n_out, dtype=torch.float64, device=device) + 0.5
-    p = ((scale * x + offset) * (n_feature / n_input) - 0.5).clamp(0, n_feature - 1)
-    lower = p.floor().long()
-    upper = (lower + 1).clamp(max=n_feature - 1)
-    frac = (p - lower).float()
-    matrix = torch.zeros(n_out, n_feature, device=device)
-    rows = torch.arange(n_out, device=device)
-    matrix.index_put_((rows, lower), 1 - frac, accumulate=True)
-    matrix.index_put_((rows, upper), frac, accumulate=True)
-    return matrix
+    return _interpolation_matrix(n_out, n_feature, n_input, float(scale), float(offset), str(device or "cpu"))
+
+
+@functools.lru_cache(maxsize=512)
+def _interpolation_matrix(n_out, n_feature, n_input, scale, offset, device) -> torch.Tensor:
+    p = ((scale * (np.arange(n_out) + 0.5) + offset) * (n_feature / n_input) - 0.5).clip(0, n_feature - 1)
+    lower = np.floor(p).astype(np.int64)
+    upper = np.minimum(lower + 1, n_feature - 1)
+    frac = p - lower
+    matrix = np.zeros((n_out, n_feature), dtype=np.float32)
+    rows = np.arange(n_out)
+    np.add.at(matrix, (rows, lower), 1 - frac)
+    np.add.at(matrix, (rows, upper), frac)
+    return torch.from_numpy(matrix).to(device)
 
 
 def maps_to_original(maps: torch.Tensor, geometry: Geometry) -> torch.Tensor:
