@@ -38,7 +38,6 @@ from .external import (
     sidecar,
     size_pair,
 )
-from .models import _check_identity
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 _PASS_THROUGH = {
@@ -246,19 +245,26 @@ def keras_adapter(
 
 
 def _check_keras(adapter: KerasAdapter, dense, final) -> None:
-    """Check at load: the CAM identity, and the model's output is activation(logits)."""
+    """Check at load, in one forward pass: the pooling is the mean of the feature map (so
+    ``mean_xy(CAM_c) + b_c == logit_c``) and the model's output is activation(logits)."""
     example = torch.randn(2, 3, *adapter.input_size, generator=torch.Generator().manual_seed(0))
-    _check_identity(adapter, example)
-    if adapter.head_error:
-        raise ModelError(f"Keras model {adapter.name}: {adapter.head_error}")
     with torch.no_grad():
         network_input = adapter.network_input(example).to(adapter.device)
-        _, pooled, output = adapter.runner(network_input, training=False)
-        logits = pooled.reshape(2, -1) @ adapter.weight.T.to(pooled) + adapter.bias.to(pooled)
+        features, pooled, output = adapter.runner(network_input, training=False)
+        if adapter.data_format == "channels_last":
+            features = features.permute(0, 3, 1, 2)
+        weight, bias = adapter.weight.to(output), adapter.bias.to(output)
+        logits = pooled.reshape(2, -1) @ weight.T + bias
+        from_cams = features.mean(dim=(2, 3)) @ weight.T + bias
         expected = dense.activation(logits)
         if final is not None:
             expected = final(expected)
-    if not torch.allclose(expected, output, atol=1e-4 * (1 + output.abs().max().item()), rtol=1e-3):
+    tolerance = 1e-4 * (1 + logits.abs().max().item())
+    if not torch.allclose(from_cams, logits, atol=tolerance, rtol=1e-3):
+        error = (from_cams - logits).abs().max().item()
+        raise ModelError(f"Keras model {adapter.name}: its logits are not reproduced by averaging "
+                         f"'{adapter.feature_layer}' (max error {error:.3g})")
+    if not torch.allclose(expected, output, atol=tolerance, rtol=1e-3):
         raise ModelError(f"Keras model {adapter.name}: its output is not {dense.name}'s activation "
                          "of the pooled features (an extra step hides in the head)")
 
