@@ -118,6 +118,11 @@ class ExternalAdapter(ClassifierAdapter):
     def run_network(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def module(self, name: str):
+        """No torch sub-modules to hook: gradient methods need a PyTorch model."""
+        raise ModelError(f"{self.name} runs outside PyTorch ({self.source}); only plain CAM "
+                         "works for it (gradient methods need a PyTorch model)")
+
     def forward_with_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits (N, C), features (N, K, h, w))`` from one run of the network."""
         self.require_cam()
