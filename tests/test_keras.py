@@ -27,6 +27,9 @@ def small_net(head: str = "dense", data_format: str = "channels_last", classes: 
     x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", name="conv_b", **conv)(x)
     x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name="gap")(x)
     x = keras.layers.Dropout(0.3)(x)
+    if head == "neck":  # affine steps after pooling: still exact, with per-sample constants
+        x = keras.layers.LayerNormalization(name="ln")(x)
+        x = keras.layers.BatchNormalization(name="bn_head")(x)
     if head == "softmax":
         outputs = keras.layers.Dense(classes, activation="softmax", name="predictions")(x)
     elif head == "activation_layer":
@@ -37,8 +40,10 @@ def small_net(head: str = "dense", data_format: str = "channels_last", classes: 
     model = keras.Model(inputs, outputs, name=f"small_{head}")
     for layer in model.layers:  # non-trivial BN statistics and bias, so mistakes show
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.moving_mean.assign(np.linspace(-0.2, 0.3, 8).astype("float32"))
-            layer.moving_variance.assign(np.linspace(0.5, 2.0, 8).astype("float32"))
+            size = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(np.linspace(-0.2, 0.3, size).astype("float32"))
+            layer.moving_variance.assign(np.linspace(0.5, 2.0, size).astype("float32"))
+            layer.gamma.assign(np.linspace(0.5, 1.5, size).astype("float32"))
         if isinstance(layer, keras.layers.Dense):
             layer.bias.assign(np.linspace(-1, 1, classes).astype("float32"))
     return model
@@ -93,6 +98,15 @@ def test_softmax_heads_give_the_logits_behind_the_probabilities(tmp_path, head):
     pooled_logits = features.mean(axis=(1, 2)) @ keras.ops.convert_to_numpy(dense.kernel)
     pooled_logits += keras.ops.convert_to_numpy(dense.bias)
     check_identity(adapter, batch, torch.as_tensor(pooled_logits))
+
+
+def test_normalisation_after_pooling_stays_exact(tmp_path):
+    model = small_net("neck")
+    model.save(tmp_path / "neck.keras")
+    adapter = camloc.load_model(tmp_path / "neck.keras", preprocess="tf")
+    assert [step.kind for step in adapter.neck] == ["batch_norm", "layer_norm"]
+    batch = torch.randn(3, 3, 40, 48, generator=torch.Generator().manual_seed(5))
+    check_identity(adapter, batch, keras_output(model, batch))
 
 
 def test_channels_first_model(tmp_path):

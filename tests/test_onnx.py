@@ -139,6 +139,35 @@ def test_reduce_mean_matmul_graphs(tmp_path, channels_last, softmax):
         check_cam_identity(adapter, batch, network.logits(network_input))
 
 
+class NeckNet(nn.Module):
+    """GAP → LayerNorm → BatchNorm1d → Linear: affine steps after pooling (exact CAM)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.norm, self.bn, self.fc = nn.LayerNorm(8), nn.BatchNorm1d(8), nn.Linear(8, 4)
+        self.bn.running_mean.uniform_(-0.5, 0.5)
+        self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.norm(self.pool(torch.relu(self.conv(x))).flatten(1))))
+
+
+@pytest.mark.parametrize("exported_by", ["camloc", "user"])
+def test_normalisation_after_pooling_stays_exact(tmp_path, exported_by):
+    network = NeckNet().eval()
+    if exported_by == "camloc":
+        path = export_onnx(camloc.adapt(network, input_size=32), tmp_path / "neck.onnx", topk=2)
+    else:
+        path = export_plain(network, tmp_path / "neck.onnx", size=(32, 32))
+    adapter = camloc.load_model(path)
+    assert [step.kind for step in adapter.neck] == ["batch_norm", "layer_norm"]
+    batch = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        check_cam_identity(adapter, batch, network(batch))
+
+
 def test_graph_without_the_pattern_is_refused(tmp_path):
     flat = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 5))
     path = export_plain(flat, tmp_path / "flat.onnx", size=(16, 16))

@@ -118,6 +118,14 @@ class ExternalAdapter(ClassifierAdapter):
     def run_network(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def place_head(self, device: str | torch.device) -> None:
+        """Put classifier weight, bias and neck parameters where the features come out."""
+        move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        self.weight, self.bias = move(self.weight), move(self.bias)
+        for step in self.neck:
+            step.weight, step.bias = move(step.weight), move(step.bias)
+            step.running_mean, step.running_var = move(step.running_mean), move(step.running_var)
+
     def module(self, name: str):
         """No torch sub-modules to hook: gradient methods need a PyTorch model."""
         raise ModelError(f"{self.name} runs outside PyTorch ({self.source}); only plain CAM "

@@ -38,6 +38,7 @@ from .external import (
     sidecar,
     size_pair,
 )
+from .models import NeckStep
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 _PASS_THROUGH = {
@@ -45,6 +46,7 @@ _PASS_THROUGH = {
     "Flatten", "Reshape", "Identity", "ActivityRegularization",
 }
 _FINAL_ACTIVATIONS = {"linear", "softmax", "sigmoid"}
+_NECK = {"BatchNormalization", "LayerNormalization"}
 _APPLICATION_PREPROCESS = (  # keras.applications model names → their preprocess_input mode
     ("resnet50v2", "tf"), ("resnet101v2", "tf"), ("resnet152v2", "tf"), ("resnet", "caffe"),
     ("vgg", "caffe"), ("mobilenetv3", "none"), ("mobilenet", "tf"), ("inception", "tf"),
@@ -87,7 +89,7 @@ class KerasAdapter(ExternalAdapter):
             logits = output
         else:
             pooled = pooled.reshape(pooled.shape[0], -1)
-            logits = pooled @ self.weight.T.to(pooled) + self.bias.to(pooled)
+            logits = pooled @ self.weight.T + self.bias
         return logits, features
 
 
@@ -151,16 +153,41 @@ def find_keras_head(model) -> dict[str, Any]:
         raise refuse(f"Dense {dense.name!r} has activation {_activation_name(dense)!r}")
     linear_output = linear_output and _activation_name(dense) == "linear"
     pooled = inputs[0]
-    tensor = pooled
-    layer, inputs = _producer(tensor)
-    while layer is not None and type(layer).__name__ in _PASS_THROUGH:
-        tensor = inputs[0]
-        layer, inputs = _producer(tensor)
+    layer, inputs = _producer(pooled)
+    neck = []
+    while layer is not None and type(layer).__name__ in _PASS_THROUGH | _NECK:
+        if type(layer).__name__ in _NECK:
+            step = _neck_step(layer)
+            if step is None:
+                raise refuse(f"{type(layer).__name__} {layer.name!r} after the pooling is not a "
+                             "plain per-channel step")
+            neck.append(step)
+        layer, inputs = _producer(inputs[0])
     if type(layer).__name__ != "GlobalAveragePooling2D":
         what = f"{type(layer).__name__} {layer.name!r}" if layer is not None else "the input"
         raise refuse(f"Dense {dense.name!r} is fed by {what}")
     return {"features": inputs[0], "pool": layer, "pooled": pooled, "dense": dense,
-            "linear_output": linear_output, "final": final}
+            "linear_output": linear_output, "final": final, "neck": neck}
+
+
+def _neck_step(layer) -> NeckStep | None:
+    """A Keras BatchNormalization / LayerNormalization on the pooled vector as a NeckStep."""
+    import keras
+
+    def tensor(variable):
+        return None if variable is None else torch.as_tensor(
+            keras.ops.convert_to_numpy(variable)).float()
+
+    axis = layer.axis if isinstance(layer.axis, int) else list(layer.axis)
+    if axis not in (-1, 1, [-1], [1]):
+        return None
+    if type(layer).__name__ == "BatchNormalization":
+        return NeckStep("batch_norm", tensor(layer.gamma), tensor(layer.beta), float(layer.epsilon),
+                        running_mean=tensor(layer.moving_mean),
+                        running_var=tensor(layer.moving_variance))
+    if getattr(layer, "rms_scaling", False):
+        return None
+    return NeckStep("layer_norm", tensor(layer.gamma), tensor(layer.beta), float(layer.epsilon))
 
 
 def _input_layout(model) -> tuple[bool, tuple[int | None, int | None]]:
@@ -233,6 +260,7 @@ def keras_adapter(
         feature_layer=_producer(head["features"])[0].name,
         weight=kernel.T.contiguous(),
         bias=bias,
+        neck=head["neck"],
         source=f"{source}, preprocess={convention.name}",
         bgr=convention.bgr,
         channels_last=channels_last,
@@ -240,6 +268,7 @@ def keras_adapter(
         data_format=getattr(head["pool"], "data_format", "channels_last"),
         logits_from_output=head["linear_output"],
     )
+    adapter.place_head(adapter.device)
     _check_keras(adapter, head["dense"], head["final"])
     return adapter
 
@@ -253,9 +282,12 @@ def _check_keras(adapter: KerasAdapter, dense, final) -> None:
         features, pooled, output = adapter.runner(network_input, training=False)
         if adapter.data_format == "channels_last":
             features = features.permute(0, 3, 1, 2)
-        weight, bias = adapter.weight.to(output), adapter.bias.to(output)
-        logits = pooled.reshape(2, -1) @ weight.T + bias
-        from_cams = features.mean(dim=(2, 3)) @ weight.T + bias
+        logits = pooled.reshape(2, -1) @ adapter.weight.T + adapter.bias
+        weight, scale, bias = adapter.head(features)  # what CAM uses: neck included
+        mean_features = features.mean(dim=(2, 3))
+        if scale is not None:
+            mean_features = mean_features * scale
+        from_cams = mean_features @ weight.T + bias
         expected = dense.activation(logits)
         if final is not None:
             expected = final(expected)

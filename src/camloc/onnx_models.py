@@ -48,11 +48,12 @@ from .external import (
     sidecar,
     size_pair,
 )
-from .models import ClassifierAdapter, _check_identity
+from .models import ClassifierAdapter, NeckStep, _check_identity
 
 ONNX_SUFFIXES = (".onnx",)
 _PASS_THROUGH = {"Identity", "Flatten", "Reshape", "Squeeze", "Dropout", "Cast"}
 _FINAL_ACTIVATIONS = {"Softmax", "LogSoftmax", "Sigmoid"}
+_NECK = {"BatchNormalization", "LayerNormalization"}
 META_PREFIX = "camloc."
 
 
@@ -132,6 +133,7 @@ class OnnxHead:
     bias: np.ndarray  # (C,)
     pool: str  # op type of the pooling
     channels_last: bool  # features are (N, h, w, K)
+    neck: list[NeckStep]  # BatchNormalization / LayerNormalization after pooling, last first
 
 
 def _classifier(graph: Graph, name: str) -> tuple[str, np.ndarray, np.ndarray] | None:
@@ -199,8 +201,14 @@ def find_onnx_head(model, label: str = "ONNX model") -> OnnxHead:
         what = node.op_type if node is not None else "a graph input"
         raise refuse(f"its output comes from {what}, not from a linear layer with constant weights")
     pooled, weight, bias = found
-    node = graph.producer.get(pooled)
-    while node is not None and node.op_type in _PASS_THROUGH:
+    node, neck = graph.producer.get(pooled), []
+    while node is not None and node.op_type in _PASS_THROUGH | _NECK:
+        if node.op_type in _NECK:
+            step = _neck_step(graph, node, weight.shape[1])
+            if step is None:
+                raise refuse(f"its {node.op_type} after pooling is not a per-channel step on "
+                             "the pooled vector with constant parameters")
+            neck.append(step)
         node = graph.producer.get(node.input[0])
     if node is None or node.op_type not in ("GlobalAveragePool", "ReduceMean"):
         what = node.op_type if node is not None else "a graph input"
@@ -212,7 +220,28 @@ def find_onnx_head(model, label: str = "ONNX model") -> OnnxHead:
             raise refuse("its ReduceMean does not average a 4-d feature map over height and width")
         channels_last = axes == {1, 2}
     return OnnxHead(logits, node.input[0], weight.astype(np.float32), bias.astype(np.float32),
-                    node.op_type, channels_last)
+                    node.op_type, channels_last, neck)
+
+
+def _neck_step(graph: Graph, node, channels: int) -> NeckStep | None:
+    """A BatchNormalization / LayerNormalization over the channels of pooled ``(N, K)``."""
+    if graph.ranks.get(node.input[0], 2) != 2:
+        return None
+    values = [graph.constant(name) if name else None for name in node.input[1:]]
+    tensor = lambda v: None if v is None else torch.tensor(np.array(v, np.float32))  # noqa: E731
+    if any(v is not None and v.size != channels for v in values):
+        return None
+    if node.op_type == "BatchNormalization":
+        if len(values) < 4 or any(v is None for v in values[:4]):
+            return None
+        scale, shift, mean, var = (tensor(v) for v in values[:4])
+        return NeckStep("batch_norm", scale, shift, float(attribute(node, "epsilon", 1e-5)),
+                        running_mean=mean, running_var=var)
+    if attribute(node, "axis", -1) not in (-1, 1) or not values or values[0] is None:
+        return None
+    shift = values[1] if len(values) > 1 else None
+    return NeckStep("layer_norm", tensor(values[0]), tensor(shift),
+                    float(attribute(node, "epsilon", 1e-5)))
 
 
 # --------------------------------------------------------------------------- the adapter
@@ -246,6 +275,7 @@ class OnnxAdapter(ExternalAdapter):
         elif wanted.type == "cpu" and self.run_device != "cpu":
             self.session = _session(self.onnx_bytes, cuda=False)
             self.run_device = "cpu"
+        self.place_head(self.device)
         return self
 
     def run_network(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -347,7 +377,8 @@ def onnx_adapter(
         std=tuple(float(s) for s in std),
         feature_layer=head.features,
         weight=torch.from_numpy(head.weight.copy()),
-        bias=torch.from_numpy(np.ascontiguousarray(head.bias)),
+        bias=torch.tensor(np.array(head.bias, np.float32)),
+        neck=head.neck,
         source=f"{source}, preprocess={convention}",
         bgr=bgr,
         channels_last=channels_last,
