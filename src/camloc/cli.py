@@ -146,7 +146,7 @@ def export(
     onnx: Annotated[Path, typer.Option("--onnx", help="write the model as ONNX to this file")],
     model: ModelOption = None,
     weights: WeightsOption = None,
-    topk: Annotated[int, typer.Option("--topk", "-k", help="CAMs of the k most likely classes")] = 5,
+    topk: Annotated[int, typer.Option("--topk", "-k", help="CAMs of the top k classes")] = 5,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset version")] = 17,
 ) -> None:
     """Export a PyTorch model as ONNX whose outputs are logits, top-k classes and their CAMs."""
