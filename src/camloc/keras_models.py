@@ -121,20 +121,21 @@ def _activation_name(layer) -> str:
     return getattr(activation, "__name__", str(activation)) if activation is not None else "linear"
 
 
-def find_keras_head(model) -> dict[str, Any]:
+def find_keras_head(model, label: str | None = None) -> dict[str, Any]:
     """Walk back from the output to ``GlobalAveragePooling2D → Dense``.
 
     Returns the feature tensor, the pooling layer, the pooled tensor, the Dense layer and
     whether the output is the Dense's linear output; raises :class:`ModelError` naming the
     layers found when the head is something else.
     """
+    label = label or f"Keras model {model.name}"
     outputs = list(model.outputs)
     if len(outputs) != 1:
-        raise ModelError(f"Keras model {model.name} has {len(outputs)} outputs; camloc needs one")
+        raise ModelError(f"{label} has {len(outputs)} outputs; camloc needs one")
     output = outputs[0]
 
     def refuse(why: str) -> ModelError:
-        return ModelError(f"Keras model {model.name}: plain CAM needs GlobalAveragePooling2D → "
+        return ModelError(f"{label}: plain CAM needs GlobalAveragePooling2D → "
                           f"Dense at the end, but {why}; layers found: {_describe_tail(output)}")
 
     layer, inputs = _producer(output)
@@ -236,7 +237,7 @@ def keras_adapter(
 ) -> KerasAdapter:
     """Adapt an in-memory Keras model (see :func:`load_keras_model` for the options)."""
     keras = import_keras()
-    head = find_keras_head(model)
+    head = find_keras_head(model, f"Keras model {name or model.name}")
     channels_last, (height, width) = _input_layout(model)
     if input_size is not None:
         size = size_pair(input_size)
