@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from camloc.cam import class_maps, get_method
 from camloc.errors import ModelError
 from camloc.keras_models import import_keras
 
+IMAGES = Path(__file__).resolve().parent.parent / "examples" / "images"
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 keras = import_keras()  # sets KERAS_BACKEND=torch before Keras is first imported
 
@@ -147,7 +149,7 @@ def test_preprocessing_matches_keras_preprocess_input(tmp_path, preprocess, kera
     model = small_net("dense")
     model.save(tmp_path / "net.keras")
     adapter = camloc.load_model(tmp_path / "net.keras", preprocess=preprocess)
-    image = camloc.load_image("examples/images/chelsea_cat.jpg")
+    image = camloc.load_image(str(IMAGES / "chelsea_cat.jpg"))
     batch, _ = camloc.preprocess(image, adapter.input_size, "squash", adapter.mean, adapter.std)
     pixels = np.asarray(image.resize((48, 40), resample=2), dtype=np.float32)[None]
     reference = getattr(keras.applications, keras_function).preprocess_input(pixels.copy())
@@ -207,10 +209,10 @@ def test_explain_and_cli_run_with_a_keras_model(tmp_path):
     small_net("dense").save(tmp_path / "net.keras")
     adapter = camloc.load_model(tmp_path / "net.keras", preprocess="tf")
     assert get_method("auto", adapter).name == "cam"
-    [result] = camloc.explain(adapter, "examples/images/coffee.jpg", topk=2)
+    [result] = camloc.explain(adapter, str(IMAGES / "coffee.jpg"), topk=2)
     assert result.maps.shape == (2, 400, 600) and len(result.boxes) == 2
     out = tmp_path / "out"
-    arguments = ["run", "examples/images/coffee.jpg", "--model", str(tmp_path / "net.keras"),
+    arguments = ["run", str(IMAGES / "coffee.jpg"), "--model", str(tmp_path / "net.keras"),
                  "--preprocess", "tf", "-o", str(out), "--device", "cpu"]
     run = CliRunner().invoke(app, arguments)
     assert run.exit_code == 0, run.output

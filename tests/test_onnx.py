@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -18,6 +19,7 @@ from camloc.cam import CAMMethod, ClassSelection, class_maps
 from camloc.errors import ModelError
 from camloc.onnx_models import OnnxAdapter, export_onnx, find_onnx_head
 
+IMAGES = Path(__file__).resolve().parent.parent / "examples" / "images"
 TOPK = 3
 
 
@@ -51,7 +53,7 @@ def test_export_gives_logits_and_cams_like_pytorch(tmp_path, name):
     path = export_onnx(adapter, tmp_path / f"{name}.onnx", topk=TOPK)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["logits", "classes", "cams"]
-    image = camloc.load_image("examples/images/chelsea_cat.jpg")
+    image = camloc.load_image(str(IMAGES / "chelsea_cat.jpg"))
     real, _ = camloc.preprocess(image, adapter.input_size, "squash", adapter.mean, adapter.std)
     noise = torch.randn(2, 3, *adapter.input_size, generator=torch.Generator().manual_seed(0))
     batch = torch.cat([real[None], noise])  # batch of 3 through a graph exported with 1
@@ -221,7 +223,7 @@ def test_cli_export_then_run_with_the_onnx_file(tmp_path):
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(meta["camloc.topk"]) == 2
     out = tmp_path / "out"
-    done = runner.invoke(app, ["run", "examples/images/rocket.jpg", "--model", str(path),
+    done = runner.invoke(app, ["run", str(IMAGES / "rocket.jpg"), "--model", str(path),
                                "-o", str(out), "-k", "2", "--device", "cpu"])
     assert done.exit_code == 0, done.output
     [record] = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
