@@ -43,16 +43,22 @@ def fail(message: str, code: int = 2) -> None:
 
 
 ModelOption = Annotated[str | None, typer.Option(
-    "--model", "-m", help="efficientnet_lite0 (default, embedded), a timm/torchvision name, or a camloc checkpoint")]
+    "--model", "-m", help="efficientnet_lite0 (default, embedded), a timm/torchvision name, "
+    "a camloc checkpoint, or a .keras/.h5/.onnx file")]
 WeightsOption = Annotated[Path | None, typer.Option(
     "--weights", help="local weights file for a named model ('random' for untrained weights)")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")]
+PreprocessOption = Annotated[str | None, typer.Option(
+    "--preprocess", help="input convention of a .keras/.onnx model: caffe, tf, torch or none "
+    "(default: the file's metadata, else the Keras application's, else none for Keras, "
+    "torch for ONNX)")]
 
 
-def load(model: str | None, weights: Path | None, device: str):
+def load(model: str | None, weights: Path | None, device: str, preprocess: str | None = None):
     from .models import load_model
 
-    return load_model(model, weights=str(weights) if weights is not None else None, device=device)
+    return load_model(model, weights=str(weights) if weights is not None else None, device=device,
+                      preprocess=preprocess)
 
 
 @app.command()
@@ -82,6 +88,7 @@ def run(
     resume: Annotated[bool, typer.Option("--resume", help="skip images already in results.jsonl")] = False,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = 80_000_000,
     device: DeviceOption = "auto",
+    preprocess: PreprocessOption = None,
 ) -> None:
     """Explain images: overlays, boxes and results.jsonl in --out."""
     from .runner import RunOptions
@@ -97,7 +104,7 @@ def run(
     from .render import colormap_lut
 
     colormap_lut(colormap)  # an unknown colormap fails before any work
-    adapter = load(model, weights, device)
+    adapter = load(model, weights, device, preprocess)
     show_bar = err.is_terminal
     progress = Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=err, disable=not show_bar, transient=True)
@@ -120,9 +127,10 @@ def run(
 
 
 @app.command()
-def info(model: ModelOption = None, weights: WeightsOption = None, device: DeviceOption = "cpu") -> None:
+def info(model: ModelOption = None, weights: WeightsOption = None, device: DeviceOption = "cpu",
+         preprocess: PreprocessOption = None) -> None:
     """Show what camloc found in a model: feature layer, head, classes, preprocessing."""
-    adapter = load(model, weights, device)
+    adapter = load(model, weights, device, preprocess)
     print(f"model:         {adapter.name} ({adapter.source})")
     print(f"classes:       {adapter.num_classes}")
     print(f"input size:    {adapter.input_size[0]}x{adapter.input_size[1]}")
@@ -156,6 +164,24 @@ def serve(
     adapter = load(model, weights, device)
     run_server(adapter, host, port, max_upload=int(max_upload_mb * 1e6), max_pixels=max_pixels,
                on_ready=lambda url: err.print(f"camloc: serving {adapter.name} at {url}"))
+
+
+@app.command()
+def export(
+    onnx: Annotated[Path, typer.Option("--onnx", help="write the model as ONNX to this file")],
+    model: ModelOption = None,
+    weights: WeightsOption = None,
+    topk: Annotated[int, typer.Option("--topk", "-k", help="CAMs of the top k classes")] = 5,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset version")] = 17,
+) -> None:
+    """Export a PyTorch model as ONNX whose outputs are logits, top-k classes and their CAMs."""
+    from .onnx_models import export_onnx
+
+    adapter = load(model, weights, "cpu")
+    path = export_onnx(adapter, onnx, topk=topk, opset=opset)
+    h, w = adapter.input_size
+    err.print(f"camloc: wrote {path} (input (N, 3, {h}, {w}) normalised with mean={adapter.mean} "
+              f"std={adapter.std}; outputs logits, classes (N, {topk}), cams (N, {topk}, h, w))")
 
 
 def main() -> None:

@@ -423,13 +423,16 @@ def load_model(
     input_size: int | tuple[int, int] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    preprocess: str | None = None,
 ) -> ClassifierAdapter:
     """Load a classifier and find its CAM head.
 
     ``model``: ``None`` or ``"efficientnet_lite0"`` (embedded default, offline); a timm or
     torchvision name (``"resnet50"``, ``"timm/convnext_tiny"``, ``"torchvision/densenet121"``);
     a camloc checkpoint path; or an ``nn.Module``. ``weights``: a local weights file, or
-    ``"random"`` for untrained weights (tests, demos of the mechanics).
+    ``"random"`` for untrained weights (tests, demos of the mechanics). ``.keras``/``.h5``
+    files load with Keras (:mod:`camloc.keras_models`), ``.onnx`` files run in onnxruntime
+    (:mod:`camloc.onnx_models`); ``preprocess`` (caffe|tf|torch|none) is their input convention.
 
     >>> load_model("resnet18", weights="random").feature_layer
     'layer4'
@@ -439,6 +442,8 @@ def load_model(
                         mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD)
     elif model is None or str(model) in (DEFAULT_MODEL, "default", "tf_efficientnet_lite0"):
         adapter = _load_default(weights)
+    elif Path(str(model)).suffix.lower() in (".keras", ".h5", ".hdf5", ".onnx"):
+        adapter = _load_external(Path(str(model)), class_names, input_size, preprocess)
     elif Path(str(model)).suffix.lower() in (".pt", ".pth", ".ckpt", ".bin", ".safetensors"):
         adapter = load_checkpoint(model)
     else:
@@ -446,6 +451,15 @@ def load_model(
     if device is not None:
         adapter.to(resolve_device(device))
     return adapter
+
+
+def _load_external(path: Path, class_names, input_size, preprocess) -> ClassifierAdapter:
+    """A Keras or ONNX file, by suffix."""
+    if path.suffix.lower() == ".onnx":
+        from .onnx_models import load_onnx_model as load_file
+    else:
+        from .keras_models import load_keras_model as load_file
+    return load_file(path, class_names=class_names, input_size=input_size, preprocess=preprocess)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
