@@ -34,13 +34,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from . import render
-from .cam import BoxOptions, ClassSelection, Explanation, finish, get_method
+from .cam import BoxOptions, ClassSelection, Explanation, MethodOutput, finish, get_method
 from .errors import CamlocError, ImageError
 from .images import DEFAULT_MAX_PIXELS, Geometry, collect_images, load_image, preprocess
 from .models import ClassifierAdapter
 
 RESULTS_FILE = "results.jsonl"
-WRITER_THREADS = 2
+WRITER_THREADS = max(2, min(8, (os.cpu_count() or 2) // 2))
 MAX_PENDING_BATCHES = 2
 
 
@@ -313,7 +313,7 @@ def run(
             ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="camloc-write") as writers:
         for items in batches(todo, model, options):
             explanations = explain_items(items, model, method, selection, box_options, options)
-            pending.append([writers.submit(_finish_item, item, explanations.get(item.index), stems, out, options)
+            pending.append([writers.submit(_finish_lazy, item, explanations.get(item.index), stems, out, options)
                             for item in items])
             while len(pending) > MAX_PENDING_BATCHES:
                 record(pending.popleft(), results)
@@ -324,8 +324,13 @@ def run(
 
 
 def explain_items(items: list[Item], model: ClassifierAdapter, method, selection: ClassSelection,
-                  box_options: BoxOptions, options: RunOptions) -> dict[int, Explanation]:
-    """Run the method on the readable items of a batch: ``{item.index: explanation}``."""
+                  box_options: BoxOptions, options: RunOptions) -> dict[int, Callable[[], Explanation]]:
+    """Run the method on the readable items of a batch.
+
+    Returns ``{item.index: make}`` where ``make()`` finishes one image (upsampling to the
+    original size, normalising, boxes): cheap per image, so it runs in the writer threads,
+    in parallel, while the main thread feeds the model the next batch.
+    """
     good = [item for item in items if item.error is None]
     if not good:
         return {}
@@ -337,10 +342,18 @@ def explain_items(items: list[Item], model: ClassifierAdapter, method, selection
         batch = batch.to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.amp):
         output = method(batch, selection)
-    output.maps = output.maps.float()
-    output.logits = output.logits.float()
-    explained = finish(output, [item.geometry for item in good], model, box_options, [item.path for item in good])
-    return {item.index: explanation for item, explanation in zip(good, explained, strict=True)}
+    logits, maps = output.logits.float(), output.maps.float()
+
+    def maker(i: int, item: Item) -> Callable[[], Explanation]:
+        part = MethodOutput(logits[i : i + 1], output.classes[i : i + 1], maps[i : i + 1], output.method)
+        return lambda: finish(part, [item.geometry], model, box_options, [item.path])[0]
+
+    return {item.index: maker(i, item) for i, item in enumerate(good)}
+
+
+def _finish_lazy(item: Item, make: Callable[[], Explanation] | None, stems: dict[str, str], out: Path,
+                 options: RunOptions) -> dict[str, Any]:
+    return _finish_item(item, make() if make is not None else None, stems, out, options)
 
 
 def _finish_item(item: Item, explanation: Explanation | None, stems: dict[str, str], out: Path,
