@@ -1,0 +1,24 @@
+"""The runnable examples in the public docstrings run and give what they say."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import os
+
+import pytest
+
+from conftest import ROOT
+
+MODULES = ["camloc", "camloc.images", "camloc.boxes", "camloc.models", "camloc.cam", "camloc.render",
+           "camloc.runner"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name, monkeypatch):
+    monkeypatch.chdir(ROOT)  # examples use paths relative to the repository root
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{name} has no examples"
+    assert result.failed == 0
+    assert os.getcwd() == str(ROOT)
