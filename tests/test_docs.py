@@ -7,7 +7,6 @@ import importlib
 import os
 
 import pytest
-
 from conftest import ROOT
 
 MODULES = ["camloc", "camloc.images", "camloc.boxes", "camloc.models", "camloc.cam", "camloc.render",
