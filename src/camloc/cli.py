@@ -65,7 +65,11 @@ def run(
     rank: Annotated[int | None, typer.Option("--rank", help="explain only the n-th most likely class (1 = top)")] = None,
     classes: Annotated[list[str] | None, typer.Option(
         "--class", "-c", help="explain this class (name or index); repeatable")] = None,
-    method: Annotated[str, typer.Option("--method", help="auto or cam")] = "auto",
+    method: Annotated[str, typer.Option(
+        "--method", help="auto (CAM when exact, else gradcam), cam, gradcam, gradcam++, layercam, "
+                         "scorecam")] = "auto",
+    layer: Annotated[str | None, typer.Option(
+        "--layer", help="target layer of the gradient methods (default: last spatial layer)")] = None,
     policy: Annotated[Policy, typer.Option("--policy", help="how images are resized for the network")] = Policy.squash,
     threshold: Annotated[float, typer.Option("--threshold", "-t", help="box threshold, fraction of the map's range")] = 0.2,
     all_components: Annotated[bool, typer.Option("--all-components", help="a box per component, not only the largest")] = False,
@@ -87,6 +91,7 @@ def run(
 
     options = RunOptions(
         out=out, topk=topk, rank=rank, classes=tuple(classes or ()), method=method,
+        layer=layer,
         policy=policy.value, threshold=threshold, largest_only=not all_components, min_area=min_area,
         colormap=colormap, alpha=alpha, image_format=image_format.value, panels=panels, grid=grid,
         save_maps=save_maps, batch_size=batch_size, workers=workers, resume=resume,
