@@ -30,6 +30,7 @@ On a GAP + linear head Grad-CAM is ``ReLU(CAM) / hw`` exactly: ``∂S_c/∂A_k(x
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,8 @@ from .models import ClassifierAdapter, inference_mode
 _NOT_FEATURES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity, nn.Dropout,
                  nn.Dropout2d, nn.Flatten)
 MAX_PREFIX_TOKENS = 8
+# find_spatial_layer costs a forward and a backward: once per model and input size
+_FOUND: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 # --------------------------------------------------------------------------- the target layer
@@ -168,6 +171,13 @@ def find_spatial_layer(adapter: ClassifierAdapter) -> SpatialLayer:
     """
     if adapter.head_error is None and adapter.feature_layer:
         return SpatialLayer(adapter.feature_layer)
+    found = _FOUND.setdefault(adapter.model, {})
+    if adapter.input_size not in found:
+        found[adapter.input_size] = _search_spatial_layer(adapter)
+    return found[adapter.input_size]
+
+
+def _search_spatial_layer(adapter: ClassifierAdapter) -> SpatialLayer:
     logits, recorded = _record_outputs(adapter, None, grad=True)
     candidates = []
     for name, module, output in recorded:
