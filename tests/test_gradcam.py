@@ -310,28 +310,33 @@ def test_scorecam_forwards_are_chunked_across_channels(monkeypatch):
 
 
 def test_hooks_removed_and_state_restored_also_after_an_error(models):
-    adapter, size = model(models, "mobilenet_v3_small")
-    net = adapter.model
-    frozen = [p for i, p in enumerate(net.parameters()) if i % 2]
-    for parameter in frozen:
-        parameter.requires_grad_(False)
-    flags = [p.requires_grad for p in net.parameters()]
-    net.train()
-    try:
-        for name in ("gradcam", "scorecam"):
+    torch.manual_seed(0)
+    tiny = camloc.adapt(TinyNet(), input_size=16)
+    cases = [(model(models, "mobilenet_v3_small"), "gradcam"), ((tiny, 16), "scorecam")]
+    for (adapter, size), name in cases:
+        net = adapter.model
+        frozen = [p for i, p in enumerate(net.parameters()) if i % 2]
+        for parameter in frozen:
+            parameter.requires_grad_(False)
+        flags = [p.requires_grad for p in net.parameters()]
+        statistics = [b.clone() for b in net.buffers()]
+        net.train()
+        try:
             method = get_method(name, adapter)
             target = adapter.module(method.target.name)
-            method(batch(size, 1), ClassSelection())
+            method(batch(size, 2), ClassSelection())
             assert net.training and [p.requires_grad for p in net.parameters()] == flags
-            assert not target._forward_hooks
+            assert not target._forward_hooks and torch.is_grad_enabled()
+            # eval mode during the call: BatchNorm statistics did not move
+            assert all(torch.equal(a, b) for a, b in zip(statistics, net.buffers(), strict=True))
             with pytest.raises(RuntimeError):
                 method(torch.randn(1, 5, size, size), ClassSelection())  # wrong channel count
             assert net.training and [p.requires_grad for p in net.parameters()] == flags
             assert not target._forward_hooks and torch.is_grad_enabled()
-    finally:
-        net.eval()
-        for parameter in frozen:
-            parameter.requires_grad_(True)
+        finally:
+            net.eval()
+            for parameter in frozen:
+                parameter.requires_grad_(True)
 
 
 # --------------------------------------------------------------------------- layers
@@ -396,7 +401,7 @@ def test_plain_cam_refused_on_vgg_names_gradient_methods(models):
 
 
 def test_explain_with_every_method_gives_boxes_at_original_resolution(models):
-    adapter, _ = model(models, "vgg11")
+    adapter, _ = model(models, "mobilenet_v3_small")
     for name in ("gradcam", "gradcam++", "layercam", "scorecam"):
         [result] = camloc.explain(adapter, EXAMPLE, method=name, topk=2)
         assert result.method == name
