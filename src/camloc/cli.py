@@ -131,6 +131,9 @@ def info(model: ModelOption = None, weights: WeightsOption = None, device: Devic
     print(f"input size:    {adapter.input_size[0]}x{adapter.input_size[1]}")
     print(f"normalisation: mean={adapter.mean} std={adapter.std}")
     print(f"feature layer: {adapter.feature_layer}")
+    from .gradcam import find_spatial_layer
+
+    print(f"gradient layer: {find_spatial_layer(adapter).name} (default --layer of gradcam ...)")
     if adapter.head_error:
         print(f"plain CAM:     not exact: {adapter.head_error}")
     else:
