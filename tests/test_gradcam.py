@@ -404,7 +404,8 @@ def test_plain_cam_refused_on_vgg_names_gradient_methods(models):
 def test_explain_with_every_method_gives_boxes_at_original_resolution(models):
     adapter, _ = model(models, "mobilenet_v3_small")
     for name in ("gradcam", "gradcam++", "layercam", "scorecam"):
-        [result] = camloc.explain(adapter, EXAMPLE, method=name, topk=2)
+        layer = "features.8" if name == "scorecam" else None  # 48 channels: 48 forwards
+        [result] = camloc.explain(adapter, EXAMPLE, method=name, layer=layer, topk=2)
         assert result.method == name
         assert result.normalized.shape == (2, *reversed(result.size))
         assert result.boxes[0] and result.to_record()["method"] == name
@@ -457,3 +458,14 @@ def test_cli_errors_are_one_line(monkeypatch, capsys, tmp_path, args, message):
 def test_gradcam_registered_by_importing_camloc():
     assert {"cam", "gradcam", "gradcam++", "layercam", "scorecam"} <= set(camloc.cam.METHODS)
     assert camloc.cam.METHODS["gradcam"] is GradCAM
+
+
+def test_cli_info_shows_the_gradient_layer(monkeypatch, capsys):
+    from camloc.cli import main
+
+    monkeypatch.setattr("sys.argv", ["camloc", "info", "--model", "mobilenet_v3_small",
+                                     "--weights", "random"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 0
+    assert "gradient layer: features" in capsys.readouterr().out
