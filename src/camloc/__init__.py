@@ -19,6 +19,7 @@ from .cam import (
     get_method,
 )
 from .errors import CamlocError, ClassError, ImageError, ModelError
+from .gradcam import GRADIENT_METHODS, SpatialLayer, find_spatial_layer, spatial_layer
 from .images import Geometry, load_image, maps_to_original, preprocess
 from .models import ClassifierAdapter, adapt, load_model
 
@@ -28,5 +29,6 @@ __all__ = [
     "BoxOptions", "CAMMethod", "CamlocError", "ClassError", "ClassSelection", "ClassifierAdapter",
     "Explanation", "Geometry", "ImageError", "ModelError", "Prediction", "__version__", "adapt",
     "box_iou", "boxes_from_map", "class_maps", "explain", "get_method", "load_image",
+    "GRADIENT_METHODS", "SpatialLayer", "find_spatial_layer", "spatial_layer",
     "load_model", "maps_to_original", "normalize_maps", "preprocess",
 ]

@@ -15,13 +15,15 @@ True
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from .boxes import DEFAULT_THRESHOLD, Box, boxes_from_map, normalize_maps
 from .errors import ClassError, ModelError
@@ -89,7 +91,8 @@ class MethodOutput:
 class CAMMethod:
     """Base class of map methods; this one is plain CAM (Zhou et al. 2016).
 
-    Subclasses override :meth:`compute`; the base restores the model's mode and grad state.
+    Subclasses override :meth:`compute`; the base restores the model's mode, grad state and
+    parameters' ``requires_grad``, and owns hooks on a target layer (:meth:`capture`).
 
     >>> import torch, camloc
     >>> model = camloc.load_model("resnet18", weights="random")
@@ -101,17 +104,71 @@ class CAMMethod:
     name: ClassVar[str] = "cam"
     needs_grad: ClassVar[bool] = False
 
-    def __init__(self, model: ClassifierAdapter):
+    def __init__(self, model: ClassifierAdapter, layer: str | None = None):
         self.model = model
+        if layer is not None and self.name == "cam" and layer != model.feature_layer:
+            model.require_cam()
+            raise ModelError(f"plain CAM uses the layer before pooling ({model.feature_layer!r}); "
+                             "--layer picks the layer of the gradient methods (--method gradcam, "
+                             "gradcam++, layercam or scorecam)")
+        self.layer = layer
 
     def __call__(self, batch: torch.Tensor, selection: ClassSelection) -> MethodOutput:
-        with inference_mode(self.model.model, grad=self.needs_grad):
+        network = self.model.model
+        with inference_mode(network, grad=self.needs_grad), frozen_parameters(network):
             return self.compute(batch, selection)
 
     def compute(self, batch: torch.Tensor, selection: ClassSelection) -> MethodOutput:
         logits, features = self.model.forward_with_features(batch)
         classes = selection.indices(logits, self.model)
         return MethodOutput(logits, classes, class_maps(self.model, features, classes), self.name)
+
+    @contextmanager
+    def hooked(self, layer: str, hook: Callable) -> Iterator[None]:
+        """``hook`` as a forward hook on ``layer`` for the block; always removed after."""
+        handle = self.model.module(layer).register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def capture(self, batch: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward: ``(logits, output of layer)``.
+
+        Under grad mode the layer's output is replaced by a leaf that requires grad (the rest
+        of the forward runs on a copy of it), so ``autograd.grad(score, output)`` works with
+        frozen parameters and builds no graph above the layer.
+        """
+        captured: list[torch.Tensor] = []
+
+        def keep(_module, _inputs, output):
+            if not isinstance(output, torch.Tensor):
+                raise ModelError(f"layer {layer!r} returns {type(output).__name__}, not a tensor")
+            if not torch.is_grad_enabled():
+                captured[:] = [output.clone()]  # as the layer gave it, before in-place layers
+                return None
+            leaf = output.detach().requires_grad_()
+            captured[:] = [leaf]
+            return leaf.clone()  # not a leaf: in-place layers after it stay legal
+
+        with self.hooked(layer, keep):
+            logits = self.model.model(batch)
+        if not captured:
+            raise ModelError(f"layer {layer!r} is not used in {self.model.name}'s forward pass")
+        return logits, captured[0]
+
+
+@contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Parameters do not require grad inside the block; each one's flag is restored after."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for parameter, _ in flags:
+            parameter.requires_grad_(False)
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
 
 
 def class_maps(model: ClassifierAdapter, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -126,15 +183,17 @@ def class_maps(model: ClassifierAdapter, features: torch.Tensor, classes: torch.
 METHODS: dict[str, type[CAMMethod]] = {"cam": CAMMethod}
 
 
-def get_method(name: str, model: ClassifierAdapter) -> CAMMethod:
-    """The method called ``name`` (``"auto"``: exact CAM when the head allows it)."""
+def get_method(name: str, model: ClassifierAdapter, layer: str | None = None) -> CAMMethod:
+    """The method called ``name`` (``"auto"``: exact CAM when the head allows it), on ``layer``
+    (``None``: the method's default layer)."""
     if name == "auto":
-        name = "cam" if model.head_error is None or "gradcam" not in METHODS else "gradcam"
+        exact = model.head_error is None and layer in (None, model.feature_layer)
+        name = "cam" if exact or "gradcam" not in METHODS else "gradcam"
     if name not in METHODS:
         raise ModelError(f"unknown method {name!r}; choose from auto, {', '.join(METHODS)}")
     if name == "cam":
         model.require_cam()
-    return METHODS[name](model)
+    return METHODS[name](model, layer=layer)
 
 
 # --------------------------------------------------------------------------- results
@@ -266,6 +325,7 @@ def explain(
     rank: int | None = None,
     classes: Sequence[int | str] = (),
     method: str = "auto",
+    layer: str | None = None,
     policy: str = "squash",
     threshold: float = DEFAULT_THRESHOLD,
     largest_only: bool = True,
@@ -285,7 +345,7 @@ def explain(
     selection = ClassSelection(topk=topk, rank=rank, classes=tuple(classes))
     selection.resolve(model)
     box_options = BoxOptions(threshold, largest_only, min_area)
-    runner = get_method(method, model)
+    runner = get_method(method, model, layer=layer)
     results: list[Explanation] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]

@@ -71,7 +71,11 @@ def run(
     rank: Annotated[int | None, typer.Option("--rank", help="explain only the n-th most likely class (1 = top)")] = None,
     classes: Annotated[list[str] | None, typer.Option(
         "--class", "-c", help="explain this class (name or index); repeatable")] = None,
-    method: Annotated[str, typer.Option("--method", help="auto or cam")] = "auto",
+    method: Annotated[str, typer.Option(
+        "--method", help="auto (CAM when exact, else gradcam), cam, gradcam, gradcam++, layercam, "
+                         "scorecam")] = "auto",
+    layer: Annotated[str | None, typer.Option(
+        "--layer", help="target layer of the gradient methods (default: last spatial layer)")] = None,
     policy: Annotated[Policy, typer.Option("--policy", help="how images are resized for the network")] = Policy.squash,
     threshold: Annotated[float, typer.Option("--threshold", "-t", help="box threshold, fraction of the map's range")] = 0.2,
     all_components: Annotated[bool, typer.Option("--all-components", help="a box per component, not only the largest")] = False,
@@ -96,6 +100,7 @@ def run(
 
     options = RunOptions(
         out=out, topk=topk, rank=rank, classes=tuple(classes or ()), method=method,
+        layer=layer,
         policy=policy.value, threshold=threshold, largest_only=not all_components, min_area=min_area,
         colormap=colormap, alpha=alpha, image_format=image_format.value, panels=panels, grid=grid,
         save_maps=save_maps, batch_size=batch_size, workers=workers, amp=amp, resume=resume,
@@ -136,6 +141,9 @@ def info(model: ModelOption = None, weights: WeightsOption = None, device: Devic
     print(f"input size:    {adapter.input_size[0]}x{adapter.input_size[1]}")
     print(f"normalisation: mean={adapter.mean} std={adapter.std}")
     print(f"feature layer: {adapter.feature_layer}")
+    from .gradcam import find_spatial_layer
+
+    print(f"gradient layer: {find_spatial_layer(adapter).name} (default --layer of gradcam ...)")
     if adapter.head_error:
         print(f"plain CAM:     not exact: {adapter.head_error}")
     else:

@@ -53,6 +53,7 @@ class RunOptions:
     rank: int | None = None
     classes: Sequence[int | str] = ()
     method: str = "auto"
+    layer: str | None = None  # target layer of gradient methods (None: automatic)
     policy: str = "squash"
     threshold: float = 0.2
     largest_only: bool = True
@@ -288,7 +289,7 @@ def run(
     stems = dict(zip(map(str, paths), output_stems(paths, inputs), strict=True))
     selection, box_options = options.selection(), options.box_options()
     selection.resolve(model)
-    method = get_method(options.method, model)
+    method = get_method(options.method, model, layer=options.layer)
     done_before = prepare_results(out, options.resume)
     todo = [p for p in paths if str(p) not in done_before]
     summary.skipped = len(paths) - len(todo)
