@@ -94,3 +94,15 @@ def test_pad_fills_with_the_mean_colour():
     assert geometry.offset == (74.0, 0.0)  # 75 rows pasted at (224 - 75) // 2
     assert float(tensor[:, :70].abs().max()) < 0.01  # padding normalises to ~0
     assert float(tensor[:, 80:140].min()) > 0.99  # white image normalises to ~1
+
+
+def test_batched_resampling_equals_per_image():
+    from camloc.images import maps_to_original_batch
+
+    maps = torch.randn(4, 2, 7, 7)
+    sizes = [(123, 301), (50, 60), (123, 301), (200, 100)]
+    geometries = [resize_geometry(size, 224, policy)[2] for size, policy in
+                  zip(sizes, ["squash", "pad", "squash", "center-crop"], strict=True)]
+    for single, batched in zip([maps_to_original(maps[i], g) for i, g in enumerate(geometries)],
+                               maps_to_original_batch(maps, geometries), strict=True):
+        torch.testing.assert_close(batched, single)

@@ -27,7 +27,7 @@ from torch import nn
 
 from .boxes import DEFAULT_THRESHOLD, Box, boxes_from_map, normalize_maps
 from .errors import ClassError, ModelError
-from .images import Geometry, coverage_mask, load_image, maps_to_original, preprocess
+from .images import Geometry, coverage_mask, load_image, maps_to_original_batch, preprocess
 from .models import ClassifierAdapter, inference_mode
 
 NUM_PREDICTIONS = 5
@@ -281,9 +281,10 @@ def finish(
     top_values, top_indices = top.values.cpu().tolist(), top.indices.cpu().tolist()
     classes, scores = output.classes.cpu().tolist(), target_scores.cpu().tolist()
     results = []
+    resampled = maps_to_original_batch(output.maps, list(geometries))
     for i, geometry in enumerate(geometries):
         covered = coverage_mask(geometry, output.maps.device) if geometry.policy == "center-crop" else None
-        maps = maps_to_original(output.maps[i], geometry)
+        maps = resampled[i]
         normalized = normalize_maps(maps, covered)
         results.append(Explanation(
             geometry=geometry,

@@ -260,6 +260,27 @@ def maps_to_original(maps: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     return torch.einsum("Hh,khw,Ww->kHW", rows, maps.float(), cols)
 
 
+def maps_to_original_batch(maps: torch.Tensor, geometries: list[Geometry]) -> list[torch.Tensor]:
+    """``(N, k, h_f, w_f)`` maps of a batch → one ``(k, H_i, W_i)`` tensor per image.
+
+    Images that share a geometry (the same original size and policy, as in most data sets)
+    are resampled together in one batched matmul instead of one call per image.
+    """
+    groups: dict[Geometry, list[int]] = {}
+    for index, geometry in enumerate(geometries):
+        groups.setdefault(geometry, []).append(index)
+    resampled: list[torch.Tensor | None] = [None] * len(geometries)
+    for geometry, indices in groups.items():
+        (height, width), (input_h, input_w) = geometry.original_size, geometry.input_size
+        (sy, sx), (oy, ox) = geometry.scale, geometry.offset
+        rows = interpolation_matrix(height, maps.shape[-2], input_h, sy, oy, maps.device)
+        cols = interpolation_matrix(width, maps.shape[-1], input_w, sx, ox, maps.device)
+        chosen = maps[indices] if len(indices) < len(geometries) else maps
+        for index, result in zip(indices, torch.einsum("Hh,nkhw,Ww->nkHW", rows, chosen.float(), cols), strict=True):
+            resampled[index] = result
+    return resampled
+
+
 def coverage_mask(geometry: Geometry, device=None) -> torch.Tensor:
     """``(H, W)`` bool: which original pixels the network saw (False outside a center crop)."""
     (height, width), (input_h, input_w) = geometry.original_size, geometry.input_size

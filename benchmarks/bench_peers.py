@@ -1,0 +1,129 @@
+"""camloc against TorchCAM and pytorch-grad-cam: same maps, then times.
+
+    python benchmarks/bench_peers.py [--model resnet18] [--batch 32] [--device cuda] [--scorecam]
+
+Same random-weight model, same 224x224 images (the bundled photos squashed to 224, taken
+as the originals, so every map ends at that resolution), same batch, top-1 class, last
+stage as target layer. Each map set is checked equal to camloc's after the same
+normalisation (ReLU, min-max) before the times are compared. Peers are a benchmark extra
+(`pip install camloc[peers]`), not run-time dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import camloc
+from camloc.cam import ClassSelection, get_method
+from camloc.images import maps_to_original_batch, preprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def best_time(function, repeats=3):
+    result = function()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        function()
+        sync()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def relu_minmax(maps: torch.Tensor) -> torch.Tensor:
+    maps = maps.float().clamp_min(0).flatten(1)
+    low, high = maps.amin(1, keepdim=True), maps.amax(1, keepdim=True)
+    return ((maps - low) / (high - low).clamp_min(1e-8)).view(-1, 224, 224)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--scorecam", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    from pytorch_grad_cam import GradCAM as PgcGradCAM
+    from pytorch_grad_cam import ScoreCAM as PgcScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from torchcam.methods import CAM as TcCAM
+    from torchcam.methods import GradCAM as TcGradCAM
+    from torchcam.methods import ScoreCAM as TcScoreCAM
+
+    adapter = camloc.load_model(args.model, weights="random", device=args.device)
+    net, layer = adapter.model.eval(), adapter.feature_layer
+    paths = sorted((ROOT / "examples" / "images").glob("*.jpg"))
+    images = [Image.open(paths[i % len(paths)]).convert("RGB").resize((224, 224)) for i in range(args.batch)]
+    tensors, geometries = zip(*(preprocess(im, 224, "squash", adapter.mean, adapter.std) for im in images),
+                              strict=True)
+    batch = torch.stack(tensors).to(adapter.device)
+    with torch.no_grad():
+        classes = net(batch).argmax(1).tolist()
+
+    def camloc_maps(name):
+        method = get_method(name, adapter)
+
+        def go():
+            out = method(batch, ClassSelection(topk=1))
+            return torch.stack(maps_to_original_batch(out.maps, list(geometries)))[:, 0]
+        return go
+
+    def torchcam_maps(kind, **kw):
+        def go():
+            with kind(net, target_layer=layer, **kw) as extractor:
+                with torch.set_grad_enabled(kind is not TcCAM and kind is not TcScoreCAM):
+                    scores = net(batch)
+                [maps] = extractor(classes, scores)
+            return F.interpolate(maps[:, None].float(), size=(224, 224), mode="bilinear", align_corners=False)[:, 0]
+        return go
+
+    def pgc_maps(kind, **kw):
+        target_layer = adapter.module(layer)
+
+        def go():
+            with kind(model=net, target_layers=[target_layer], **kw) as extractor:
+                return torch.from_numpy(extractor(batch, [ClassifierOutputTarget(c) for c in classes]))
+        return go
+
+    runs = {"cam": [("camloc", camloc_maps("cam")), ("torchcam", torchcam_maps(TcCAM))],
+            "gradcam": [("camloc", camloc_maps("gradcam")), ("torchcam", torchcam_maps(TcGradCAM)),
+                        ("pytorch-grad-cam", pgc_maps(PgcGradCAM))]}
+    if args.scorecam:
+        runs["scorecam"] = [("camloc", camloc_maps("scorecam")),
+                            ("torchcam", torchcam_maps(TcScoreCAM, batch_size=args.batch)),
+                            ("pytorch-grad-cam", pgc_maps(PgcScoreCAM))]
+    report = {"model": args.model, "batch": args.batch, "device": str(adapter.device)}
+    print(f"{args.model} (random weights), batch {args.batch}, 224x224, device {adapter.device}")
+    print(f"{'method':10s} {'implementation':18s} {'seconds':>9s} {'× camloc':>9s} {'max |Δ| vs camloc':>18s}")
+    for method, contenders in runs.items():
+        reference = None
+        for name, function in contenders:
+            seconds, maps = best_time(function, repeats=1 if method == "scorecam" else 3)
+            maps = relu_minmax(maps.detach().cpu())
+            if reference is None:
+                reference, camloc_seconds, diff = maps, seconds, 0.0
+            else:
+                diff = float((maps - reference).abs().max())
+            report[f"{method}/{name}"] = {"seconds": seconds, "max_abs_diff": diff}
+            print(f"{method:10s} {name:18s} {seconds:9.4f} {seconds / camloc_seconds:9.2f} {diff:18.2e}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
