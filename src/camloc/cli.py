@@ -37,6 +37,11 @@ class ImageFormat(str, Enum):
     jpg = "jpg"
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 def fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(code)
@@ -77,10 +82,18 @@ def run(
     grid: Annotated[bool | None, typer.Option("--grid/--no-grid", help="top-k grid (default: when k > 1)")] = None,
     save_maps: Annotated[bool, typer.Option("--save-maps", help="write normalised maps as .npy")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 16,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=0, help=(
+        "local engine: image decoding processes (0: in the main process); "
+        "ray engine: model actors in the pool (0 counts as 1)"))] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="skip images already in results.jsonl")] = False,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = 80_000_000,
     device: DeviceOption = "auto",
+    engine: Annotated[Engine, typer.Option("--engine", help=(
+        "local: this process; ray: Ray Data, local or on a cluster (pip install 'camloc[ray]')"))
+    ] = Engine.local,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help=(
+        "with --engine ray: a running cluster ('auto', 'ray://head:10001'); default: a local Ray"))
+    ] = None,
 ) -> None:
     """Explain images: overlays, boxes and results.jsonl in --out."""
     from .runner import RunOptions, run as run_job
@@ -95,7 +108,13 @@ def run(
     from .render import colormap_lut
 
     colormap_lut(colormap)  # an unknown colormap fails before any work
-    adapter = load(model, weights, device)
+    if engine is Engine.ray:
+        from .ray_engine import import_ray
+
+        import_ray()  # without Ray installed: one line naming the extra, before loading anything
+    elif ray_address:
+        fail("--ray-address needs --engine ray")
+    adapter = load(model, weights, "cpu" if engine is Engine.ray else device)
     show_bar = err.is_terminal
     progress = Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=err, disable=not show_bar, transient=True)
@@ -111,7 +130,15 @@ def run(
         progress.advance(task)
 
     with progress:
-        summary = run_job(adapter, inputs, options, on_start=on_start, on_image=on_image)
+        if engine is Engine.ray:
+            from .ray_engine import RayOptions
+            from .ray_engine import run as run_ray
+
+            ray_options = RayOptions(address=ray_address, workers=max(1, workers))
+            summary = run_ray(adapter, inputs, options, ray_options, device=device,
+                              on_start=on_start, on_image=on_image)
+        else:
+            summary = run_job(adapter, inputs, options, on_start=on_start, on_image=on_image)
     err.print(f"camloc: {summary.line()} → {out / 'results.jsonl'}")
     if summary.failed:
         raise typer.Exit(1)
@@ -144,7 +171,9 @@ def main() -> None:
         err.print("interrupted")
         sys.exit(130)
     except CamlocError as error:
-        err.print(f"[bold red]error:[/] {error}", soft_wrap=True)
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
         sys.exit(2)
     except Exception as error:  # click usage errors and the like
         import click

@@ -1,0 +1,172 @@
+"""The Ray engine gives the local runner's records: same labels, scores, boxes and errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import camloc
+from camloc.errors import CamlocError
+from camloc.runner import RESULTS_FILE, RunOptions, error_record, read_results
+from camloc.runner import run as run_local
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+from camloc.ray_engine import RayOptions, import_ray  # noqa: E402
+from camloc.ray_engine import run as run_ray  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
+pytestmark = pytest.mark.timeout(420)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """Four small photos (one in a subfolder) and two broken files."""
+    root = tmp_path_factory.mktemp("ray-inputs")
+    (root / "sub").mkdir()
+    for name, target in [("chelsea_cat.jpg", "cat.jpg"), ("coffee.jpg", "coffee.png"),
+                         ("rocket.jpg", "sub/rocket.jpg"), ("astronaut.jpg", "done-before.jpg")]:
+        image = Image.open(EXAMPLES / name).convert("RGB")
+        image.thumbnail((256, 256))
+        image.save(root / target)
+    (root / "broken.jpg").write_bytes(b"this is not an image")
+    (root / "sub" / "truncated.jpg").write_bytes((EXAMPLES / "coffee.jpg").read_bytes()[:2000])
+    return root
+
+
+@pytest.fixture(scope="module")
+def model():
+    return camloc.load_model(device="cpu")
+
+
+def options(out: Path, **changes) -> RunOptions:
+    return RunOptions(out=out, topk=2, batch_size=2, **changes)
+
+
+def keyed(out: Path) -> dict[str, dict]:
+    return {record["image"]: record for record in read_results(out / RESULTS_FILE)}
+
+
+@pytest.fixture(scope="module")
+def runs(folder, model, tmp_path_factory):
+    """(local records, ray records, ray summary, ray output folder), keyed by image path.
+
+    The Ray run resumes a results.jsonl holding one image done (to be skipped) and one
+    failure (to be retried): one Ray start covers both the comparison and ``--resume``.
+    """
+    local_out, ray_out = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("ray")
+    run_local(model, [str(folder)], options(local_out))
+    local = keyed(local_out)
+    done_before = local[str(folder / "done-before.jpg")]
+    stale_failure = error_record(str(folder / "cat.jpg"), "an earlier failure")
+    (ray_out / RESULTS_FILE).write_text(json.dumps(done_before) + "\n"
+                                        + json.dumps(stale_failure) + "\n")
+    summary = run_ray(model, [str(folder)], options(ray_out, resume=True),
+                      RayOptions(workers=2, local_cpus=2), device="cpu")
+    assert not ray.is_initialized(), "the engine must shut down the Ray it started"
+    return local, keyed(ray_out), summary, ray_out
+
+
+def test_same_images_and_counts(runs, folder):
+    local, remote, summary, _ = runs
+    assert set(remote) == set(local) and len(remote) == 6
+    assert (summary.found, summary.done, summary.failed, summary.skipped) == (6, 3, 2, 1)
+    assert str(folder / "sub" / "rocket.jpg") in remote
+
+
+def test_resume_skipped_done_and_retried_failed(runs, folder):
+    local, remote, _, out = runs
+    lines = (out / RESULTS_FILE).read_text().splitlines()
+    assert len(lines) == 6, "the stale failure is dropped, the retried image written once"
+    assert json.loads(lines[0]) == local[str(folder / "done-before.jpg")]
+    assert remote[str(folder / "cat.jpg")]["error"] is None
+    assert not (out / "done-before_overlay.png").exists(), "a skipped image is not redone"
+
+
+def test_same_predictions_scores_and_boxes(runs):
+    local, remote, _, _ = runs
+    for image, expected in local.items():
+        if expected["error"] is not None:
+            continue
+        got = remote[image]
+        assert got["error"] is None
+        assert (got["width"], got["height"], got["method"]) == (
+            expected["width"], expected["height"], expected["method"])
+        labels = [[p["label"] for p in record["predictions"]] for record in (got, expected)]
+        assert labels[0] == labels[1]
+        for mine, theirs in zip(got["predictions"], expected["predictions"], strict=True):
+            assert mine["score"] == pytest.approx(theirs["score"], abs=1e-4)
+        assert len(got["cams"]) == len(expected["cams"]) == 2
+        for mine, theirs in zip(got["cams"], expected["cams"], strict=True):
+            assert (mine["index"], mine["label"]) == (theirs["index"], theirs["label"])
+            assert mine["score"] == pytest.approx(theirs["score"], abs=1e-4)
+            assert len(mine["boxes"]) == len(theirs["boxes"]) >= 1
+            for box, other in zip(mine["boxes"], theirs["boxes"], strict=True):
+                assert box == pytest.approx(other, abs=1.0)
+        assert got["outputs"] == expected["outputs"]
+
+
+def test_same_errors_for_broken_files(runs, folder):
+    local, remote, summary, _ = runs
+    broken = {str(folder / "broken.jpg"), str(folder / "sub" / "truncated.jpg")}
+    assert {image for image, record in remote.items() if record["error"]} == broken
+    for image in broken:
+        assert remote[image] == local[image]
+        assert remote[image]["error"].startswith(image)
+    assert sorted(summary.errors) == sorted(local[image]["error"] for image in broken)
+
+
+def test_overlays_written_and_open(runs):
+    _, remote, _, out = runs
+    good = [record for record in remote.values()
+            if record["error"] is None and "done-before" not in record["image"]]
+    assert {record["outputs"]["overlay"] for record in good} == {
+        "cat_overlay.png", "coffee_overlay.png", "sub/rocket_overlay.png"}
+    for record in good:
+        assert set(record["outputs"]) == {"overlay", "grid"}  # top-2: a grid too
+        with Image.open(out / record["outputs"]["overlay"]) as overlay:
+            overlay.load()
+            assert overlay.size == (record["width"], record["height"])
+            assert len(overlay.convert("RGB").getcolors(1 << 24)) > 100  # a picture, not a blank
+
+
+def test_everything_done_needs_no_ray(runs, folder, model, tmp_path):
+    local, _, _, _ = runs
+    good = [record for record in local.values() if record["error"] is None]
+    (tmp_path / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in good))
+    summary = run_ray(model, [record["image"] for record in good],
+                      options(tmp_path, resume=True), RayOptions(workers=1))
+    assert (summary.skipped, summary.done, summary.failed) == (4, 0, 0)
+    assert not ray.is_initialized()
+
+
+def test_without_ray_one_line_naming_the_extra(monkeypatch, capsys, folder):
+    from camloc import cli
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(CamlocError, match=r"pip install 'camloc\[ray\]'"):
+        import_ray()
+    monkeypatch.setattr(sys, "argv", ["camloc", "run", str(folder), "--engine", "ray"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1 and "pip install 'camloc[ray]'" in message
+
+
+def test_ray_address_needs_ray_engine(monkeypatch, capsys, folder):
+    from camloc import cli
+
+    monkeypatch.setattr(sys, "argv", ["camloc", "run", str(folder), "--ray-address", "auto"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    assert "--ray-address needs --engine ray" in capsys.readouterr().err
+
+
+def test_zero_workers_refused():
+    with pytest.raises(CamlocError, match="at least one worker"):
+        RayOptions(workers=0)
