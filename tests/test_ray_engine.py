@@ -170,3 +170,14 @@ def test_ray_address_needs_ray_engine(monkeypatch, capsys, folder):
 def test_zero_workers_refused():
     with pytest.raises(CamlocError, match="at least one worker"):
         RayOptions(workers=0)
+
+
+def test_actor_resources_without_a_cluster():
+    from camloc.ray_engine import actor_resources, local_cpus
+
+    assert actor_resources(RayOptions(gpus_per_actor=0.5), "auto") == (0.5, "cuda")
+    assert actor_resources(RayOptions(gpus_per_actor=1), "cuda:1") == (1, "cuda")
+    assert actor_resources(RayOptions(), "cpu") == (0.0, "cpu")  # no GPU asked, none looked up
+    # actors hold their CPUs for life: a local Ray keeps one more for loading tasks
+    assert local_cpus(RayOptions(workers=2, local_cpus=2)) == 3
+    assert local_cpus(RayOptions(workers=1, local_cpus=2)) == 2

@@ -89,7 +89,7 @@ def run(
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = 80_000_000,
     device: DeviceOption = "auto",
     engine: Annotated[Engine, typer.Option("--engine", help=(
-        "local: this process; ray: Ray Data, local or on a cluster (pip install 'camloc[ray]')"))
+        "local: this process; ray: Ray Data, local or on a cluster (pip install 'camloc\\[ray]')"))
     ] = Engine.local,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help=(
         "with --engine ray: a running cluster ('auto', 'ray://head:10001'); default: a local Ray"))

@@ -256,9 +256,8 @@ def actor_resources(options: RayOptions, device: str) -> tuple[float, str]:
     gpus = options.gpus_per_actor
     if gpus is None:
         gpus = 1.0 if not wants_cpu and cluster_gpus() >= 1 else 0.0
-    if gpus > 0:
-        return gpus, "cuda" if device in ("auto", None) else device
-    return 0.0, "cpu"
+    # Ray shows each actor only the GPUs it was given, always numbered from cuda:0.
+    return (gpus, "cuda") if gpus > 0 else (0.0, "cpu")
 
 
 def build_dataset(model_ref, rows: list[dict[str, Any]], model: ClassifierAdapter,
