@@ -7,7 +7,10 @@ The images are the repository's example photos, rescaled (0.5-1.0) and mirrored 
 files are the same; they are written once to ``--images`` and reused. Each engine writes
 overlays and results.jsonl to its own temporary folder. Figures are wall time of the
 whole ``run()`` call, Ray's start-up included, and the Ray start-up alone is reported
-beside them (time from the call to the first record).
+beside them (time from the call to the first record). On a shared machine wall time
+depends on the other processes; the CPU seconds per image (this process and all its
+descendants: Ray's GCS, raylet and workers, read from /proc when the last record arrives)
+depend much less on them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from PIL import Image, ImageOps
 
 import camloc
@@ -49,20 +53,52 @@ def make_images(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def timed(engine: str, model, folder: Path, batch_size: int) -> tuple[float, float, int]:
-    """(seconds, seconds to first record, images done) of one run into a fresh folder."""
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system, own + reaped children) of ``root`` and its descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents, cpu = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = sum(int(value) for value in fields[11:15]) / tick
+    total, stack = 0.0, [root]
+    while stack:
+        pid = stack.pop()
+        total += cpu.get(pid, 0.0)
+        stack.extend(child for child, parent in parents.items() if parent == pid)
+    return total
+
+
+def timed(engine: str, model, folder: Path, batch_size: int, count: int):
+    """(seconds, seconds to first record, CPU seconds, images done) of one run."""
     out = Path(tempfile.mkdtemp(prefix=f"camloc-bench-{engine}-"))
     options = RunOptions(out=out, batch_size=batch_size)
     first: list[float] = []
-    started = time.perf_counter()
+    cpu: list[float] = []
+    seen = [0]
+    started, cpu_before = time.perf_counter(), tree_cpu_seconds(os.getpid())
 
     def on_image(record: dict) -> None:
         if not first:
             first.append(time.perf_counter() - started)
+        seen[0] += 1
+        if seen[0] == count:  # before Ray shuts its workers down
+            cpu.append(tree_cpu_seconds(os.getpid()) - cpu_before)
 
     try:
-        if engine == "local":
-            summary = run_local(model, [str(folder)], options, on_image=on_image)
+        if engine.startswith("local"):
+            # "local1": torch on one thread, as in each Ray actor (RayOptions.cpus_per_actor)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1 if engine == "local1" else threads)
+            try:
+                summary = run_local(model, [str(folder)], options, on_image=on_image)
+            finally:
+                torch.set_num_threads(threads)
         else:
             from camloc.ray_engine import RayOptions
             from camloc.ray_engine import run as run_ray
@@ -75,7 +111,9 @@ def timed(engine: str, model, folder: Path, batch_size: int) -> tuple[float, flo
                               device="cpu", on_image=on_image)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    return time.perf_counter() - started, first[0] if first else float("nan"), summary.done
+    seconds = time.perf_counter() - started
+    nan = float("nan")
+    return seconds, first[0] if first else nan, cpu[0] if cpu else nan, summary.done
 
 
 def main() -> None:
@@ -93,12 +131,15 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} at start")
     baseline = None
     for engine in args.engines.split(","):
-        seconds, first, done = timed(engine, model, folder, args.batch_size)
+        seconds, first, cpu, done = timed(engine, model, folder, args.batch_size, args.count)
         rate = done / seconds
         baseline = baseline or rate
-        print(f"{engine:>6}: {done} images in {seconds:6.1f}s = {rate:5.1f} images/s "
-              f"({rate / baseline:.2f}x local), first record after {first:5.1f}s, "
-              f"load average {os.getloadavg()[0]:.1f}")
+        steady = (done - 1) / (seconds - first)  # after the start-up
+        print(f"{engine:>6}: {done} images in {seconds:6.1f}s = {rate:5.2f} images/s "
+              f"({rate / baseline:.2f}x the first), first record after {first:5.1f}s, "
+              f"then {steady:5.2f} images/s, "
+              f"{1000 * cpu / done:.0f} CPU ms/image, load average {os.getloadavg()[0]:.1f}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def start_ray(options: RayOptions) -> bool:
             ray.init(address=options.address, **{k: v for k, v in quiet.items()
                                                  if k != "include_dashboard"})
         else:
-            ray.init(num_cpus=local_cpus(options), **quiet)
+            ray.init(address="local", num_cpus=local_cpus(options), **quiet)  # never a stray one
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = options.address or "a local Ray"
         raise CamlocError(f"could not start or reach {where}: {first_line(error)}") from None
