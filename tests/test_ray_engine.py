@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -59,31 +60,42 @@ def runs(folder, model, tmp_path_factory):
     failure (to be retried): one Ray start covers both the comparison and ``--resume``.
     """
     local_out, ray_out = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("ray")
-    run_local(model, [str(folder)], options(local_out))
-    local = keyed(local_out)
-    done_before = local[str(folder / "done-before.jpg")]
-    stale_failure = error_record(str(folder / "cat.jpg"), "an earlier failure")
-    (ray_out / RESULTS_FILE).write_text(json.dumps(done_before) + "\n"
-                                        + json.dumps(stale_failure) + "\n")
-    summary = run_ray(model, [str(folder)], options(ray_out, resume=True),
-                      RayOptions(workers=2, local_cpus=2), device="cpu")
+    here = os.getcwd()
+    os.chdir(folder.parent)  # relative inputs: Ray workers must open them from our directory
+    try:
+        run_local(model, [folder.name], options(local_out))
+        local = keyed(local_out)
+        done_before = local[f"{folder.name}/done-before.jpg"]
+        stale_failure = error_record(f"{folder.name}/cat.jpg", "an earlier failure")
+        (ray_out / RESULTS_FILE).write_text(json.dumps(done_before) + "\n"
+                                            + json.dumps(stale_failure) + "\n")
+        summary = run_ray(model, [folder.name], options(ray_out, resume=True),
+                          RayOptions(workers=2, local_cpus=2), device="cpu")
+    finally:
+        os.chdir(here)
     assert not ray.is_initialized(), "the engine must shut down the Ray it started"
     return local, keyed(ray_out), summary, ray_out, local_out
 
 
-def test_same_images_and_counts(runs, folder):
+@pytest.fixture(scope="module")
+def name(folder):
+    """A file of the folder as the runs name it (relative to the folder's parent)."""
+    return lambda relative: f"{folder.name}/{relative}"
+
+
+def test_same_images_and_counts(runs, name):
     local, remote, summary, _, _ = runs
     assert set(remote) == set(local) and len(remote) == 6
     assert (summary.found, summary.done, summary.failed, summary.skipped) == (6, 3, 2, 1)
-    assert str(folder / "sub" / "rocket.jpg") in remote
+    assert name("sub/rocket.jpg") in remote
 
 
-def test_resume_skipped_done_and_retried_failed(runs, folder):
+def test_resume_skipped_done_and_retried_failed(runs, name):
     local, remote, _, out, _ = runs
     lines = (out / RESULTS_FILE).read_text().splitlines()
     assert len(lines) == 6, "the stale failure is dropped, the retried image written once"
-    assert json.loads(lines[0]) == local[str(folder / "done-before.jpg")]
-    assert remote[str(folder / "cat.jpg")]["error"] is None
+    assert json.loads(lines[0]) == local[name("done-before.jpg")]
+    assert remote[name("cat.jpg")]["error"] is None
     assert not (out / "done-before_overlay.png").exists(), "a skipped image is not redone"
 
 
@@ -110,9 +122,9 @@ def test_same_predictions_scores_and_boxes(runs):
         assert got["outputs"] == expected["outputs"]
 
 
-def test_same_errors_for_broken_files(runs, folder):
+def test_same_errors_for_broken_files(runs, name):
     local, remote, summary, _, _ = runs
-    broken = {str(folder / "broken.jpg"), str(folder / "sub" / "truncated.jpg")}
+    broken = {name("broken.jpg"), name("sub/truncated.jpg")}
     assert {image for image, record in remote.items() if record["error"]} == broken
     for image in broken:
         assert remote[image] == local[image]
@@ -141,10 +153,11 @@ def test_overlays_written_and_open(runs):
             assert difference.max() <= 8 and (difference > 0).mean() < 1e-3
 
 
-def test_everything_done_needs_no_ray(runs, folder, model, tmp_path):
+def test_everything_done_needs_no_ray(runs, folder, model, tmp_path, monkeypatch):
     local, _, _, _, _ = runs
     good = [record for record in local.values() if record["error"] is None]
     (tmp_path / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in good))
+    monkeypatch.chdir(folder.parent)
     summary = run_ray(model, [record["image"] for record in good],
                       options(tmp_path, resume=True), RayOptions(workers=1))
     assert (summary.skipped, summary.done, summary.failed) == (4, 0, 0)

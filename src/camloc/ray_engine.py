@@ -35,7 +35,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -169,8 +169,14 @@ def load_row(row: dict[str, Any], preprocessing: Preprocessing, policy: str,
     """One file → one row: the network input, its geometry and the decoded original.
 
     The loading is the local runner's ``ImageDataset``, so a bad file gives the same error.
+    A relative path is opened from the driver's working directory (``row["cwd"]``): Ray
+    workers run elsewhere.
     """
-    item = ImageDataset([Path(row["path"])], preprocessing, policy, max_pixels)[0]
+    given, on_disk = row["path"], os.path.join(row["cwd"], row["path"])
+    item = ImageDataset([Path(on_disk)], preprocessing, policy, max_pixels)[0]
+    item.path = given  # records name the file as the user gave it, as the local runner does
+    if item.error is not None:
+        item.error = item.error.replace(on_disk, given)
     height, width = preprocessing.input_size
     if item.error is not None:
         return {"path": item.path, "stem": row["stem"], "error": item.error,
@@ -313,8 +319,9 @@ def run(
     get_method(options.method, model)
     options.box_options()
     done_before = prepare_results(out, options.resume)
-    rows = [{"path": str(path), "stem": stem} for path, stem in zip(paths, stems, strict=True)
-            if str(path) not in done_before]
+    cwd = os.getcwd()
+    rows = [{"path": str(path), "stem": stem, "cwd": cwd}
+            for path, stem in zip(paths, stems, strict=True) if str(path) not in done_before]
     summary.skipped = len(paths) - len(rows)
     if on_start:
         on_start(len(rows))
@@ -334,6 +341,7 @@ def _stream_records(ray, model, rows, options, ray_options, device, out, summary
     on_device = model.device
     model_ref = ray.put(model.to("cpu"))  # CPU tensors unpickle on any node
     model.to(on_device)
+    options = replace(options, out=out.resolve())  # actors may not share our working directory
     dataset = build_dataset(model_ref, rows, model, options, ray_options, device)
     with open(out / RESULTS_FILE, "a", encoding="utf-8") as results:
         try:
