@@ -199,6 +199,8 @@ def test_actor_resources_without_a_cluster():
     assert actor_resources(RayOptions(gpus_per_actor=0.5), "auto") == (0.5, "cuda")
     assert actor_resources(RayOptions(gpus_per_actor=1), "cuda:1") == (1, "cuda")
     assert actor_resources(RayOptions(), "cpu") == (0.0, "cpu")  # no GPU asked, none looked up
+    with pytest.raises(CamlocError, match="no GPUs"):
+        actor_resources(RayOptions(gpus_per_actor=0), "cuda")
     # actors hold their CPUs for life: a local Ray keeps one more for loading tasks
     assert local_cpus(RayOptions(workers=2, local_cpus=2)) == 3
     assert local_cpus(RayOptions(workers=1, local_cpus=2)) == 2

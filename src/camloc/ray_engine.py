@@ -262,6 +262,8 @@ def actor_resources(options: RayOptions, device: str) -> tuple[float, str]:
     gpus = options.gpus_per_actor
     if gpus is None:
         gpus = 1.0 if not wants_cpu and cluster_gpus() >= 1 else 0.0
+    if gpus <= 0 and str(device).startswith("cuda"):
+        raise CamlocError(f"--device {device} asked for, but the Ray cluster has no GPUs")
     # Ray shows each actor only the GPUs it was given, always numbered from cuda:0.
     return (gpus, "cuda") if gpus > 0 else (0.0, "cpu")
 
