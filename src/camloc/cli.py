@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .errors import CamlocError
@@ -35,6 +36,11 @@ class Policy(str, Enum):
 class ImageFormat(str, Enum):
     png = "png"
     jpg = "jpg"
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -87,12 +93,20 @@ def run(
     grid: Annotated[bool | None, typer.Option("--grid/--no-grid", help="top-k grid (default: when k > 1)")] = None,
     save_maps: Annotated[bool, typer.Option("--save-maps", help="write normalised maps as .npy")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 16,
-    workers: Annotated[int | None, typer.Option("--workers", min=0, help="image decoding processes (default: auto)")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, help=(
+        "local engine: image decoding processes (default: automatic, 0: in the main process); "
+        "ray engine: model actors in the pool (default 1)"))] = None,
     amp: Annotated[bool, typer.Option("--amp", help="bfloat16 autocast for the model")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="skip images already in results.jsonl")] = False,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = 80_000_000,
     device: DeviceOption = "auto",
     preprocess: PreprocessOption = None,
+    engine: Annotated[Engine, typer.Option("--engine", help=(
+        "local: this process; ray: Ray Data, local or on a cluster (pip install 'camloc\\[ray]')"))
+    ] = Engine.local,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help=(
+        "with --engine ray: a running cluster ('auto', 'ray://head:10001'); default: a local Ray"))
+    ] = None,
 ) -> None:
     """Explain images: overlays, boxes and results.jsonl in --out."""
     from .runner import RunOptions
@@ -109,7 +123,13 @@ def run(
     from .render import colormap_lut
 
     colormap_lut(colormap)  # an unknown colormap fails before any work
-    adapter = load(model, weights, device, preprocess)
+    if engine is Engine.ray:
+        from .ray_engine import import_ray
+
+        import_ray()  # without Ray installed: one line naming the extra, before loading anything
+    elif ray_address:
+        fail("--ray-address needs --engine ray")
+    adapter = load(model, weights, "cpu" if engine is Engine.ray else device, preprocess)
     show_bar = err.is_terminal
     progress = Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=err, disable=not show_bar, transient=True)
@@ -121,11 +141,19 @@ def run(
 
     def on_image(record: dict) -> None:
         if record["error"]:
-            progress.console.print(f"[yellow]warning:[/] skipped {record['error']}", soft_wrap=True)
+            progress.console.print(f"[yellow]warning:[/] skipped {escape(record['error'])}", soft_wrap=True)
         progress.advance(task)
 
     with progress:
-        summary = run_job(adapter, inputs, options, on_start=on_start, on_image=on_image)
+        if engine is Engine.ray:
+            from .ray_engine import RayOptions
+            from .ray_engine import run as run_ray
+
+            ray_options = RayOptions(address=ray_address, workers=max(1, workers or 1))
+            summary = run_ray(adapter, inputs, options, ray_options, device=device,
+                              on_start=on_start, on_image=on_image)
+        else:
+            summary = run_job(adapter, inputs, options, on_start=on_start, on_image=on_image)
     err.print(f"camloc: {summary.line()} → {out / 'results.jsonl'}")
     if summary.failed:
         raise typer.Exit(1)
@@ -203,7 +231,9 @@ def main() -> None:
         err.print("interrupted")
         sys.exit(130)
     except CamlocError as error:
-        err.print(f"[bold red]error:[/] {error}", soft_wrap=True)
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
         sys.exit(2)
     except Exception as error:  # click usage errors and the like
         import click
