@@ -19,6 +19,9 @@ from scipy import ndimage
 
 Box = tuple[int, int, int, int]
 DEFAULT_THRESHOLD = 0.2
+# A threshold is a fraction of the map's range, or a rule that adapts it to each map.
+Threshold = float | str
+THRESHOLD_RULES = ("otsu", "mean")
 
 
 def normalize_maps(maps: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -41,6 +44,62 @@ def normalize_maps(maps: torch.Tensor, mask: torch.Tensor | None = None) -> torc
     if mask is not None:
         normalized = normalized * valid
     return normalized.view_as(maps)
+
+
+def parse_threshold(value: Threshold) -> Threshold:
+    """A fraction in [0, 1] or a rule name (``"otsu"``, ``"mean"``); ``ValueError`` otherwise.
+
+    >>> parse_threshold("0.6"), parse_threshold("Otsu")
+    (0.6, 'otsu')
+    """
+    if isinstance(value, str):
+        name = value.strip().lower()
+        if name in THRESHOLD_RULES:
+            return name
+        try:
+            value = float(name)
+        except ValueError:
+            raise ValueError(f"threshold must be a fraction in [0, 1] or one of "
+                             f"{', '.join(THRESHOLD_RULES)}, got {value!r}") from None
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {value}")
+    return float(value)
+
+
+def otsu_level(normalized_map: torch.Tensor, bins: int = 256) -> float:
+    """Otsu's threshold of a map in [0, 1]: the level that best splits it in two classes.
+
+    >>> otsu_level(torch.tensor([[0.1, 0.1], [0.9, 0.8]])) > 0.1
+    True
+    """
+    values = normalized_map.detach().float().flatten()
+    histogram = torch.histc(values, bins=bins, min=0.0, max=1.0).double()
+    probability = histogram / histogram.sum().clamp_min(1)
+    centers = (torch.arange(bins, dtype=torch.float64, device=values.device) + 0.5) / bins
+    weight_low = probability.cumsum(0)
+    mass_low = (probability * centers).cumsum(0)
+    total = mass_low[-1]
+    spread = (weight_low * (1 - weight_low)).clamp_min(1e-12)
+    between = (total * weight_low - mass_low) ** 2 / spread
+    best = int(between[:-1].argmax())
+    return float((best + 1) / bins)
+
+
+def threshold_level(normalized_map: np.ndarray | torch.Tensor, threshold: Threshold) -> float:
+    """The fraction of the map's range a rule gives for this map.
+
+    ``"otsu"``: Otsu's split of the map's values; ``"mean"``: the map's mean. A number is
+    used as it is (the paper's rule is 0.2).
+    """
+    if not isinstance(threshold, str):
+        return float(threshold)
+    values = torch.as_tensor(normalized_map)
+    if threshold == "otsu":
+        return otsu_level(values)
+    if threshold == "mean":
+        return float(values.float().mean())
+    rules = ", ".join(THRESHOLD_RULES)
+    raise ValueError(f"unknown threshold rule {threshold!r}; choose from {rules}")
 
 
 def boxes_from_mask(mask: np.ndarray, largest_only: bool = True, min_area: float = 0.0) -> list[Box]:
@@ -67,14 +126,17 @@ def boxes_from_mask(mask: np.ndarray, largest_only: bool = True, min_area: float
 
 def boxes_from_map(
     normalized_map: np.ndarray | torch.Tensor,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: Threshold = DEFAULT_THRESHOLD,
     largest_only: bool = True,
     min_area: float = 0.0,
 ) -> list[Box]:
     """Boxes of a normalised map: pixels ``>= threshold``, components, largest first.
 
     The paper's rule (Zhou et al. 2016) is the default: 20% of the maximum, largest component.
+    ``threshold`` may also be a rule adapting to each map (``"otsu"``, ``"mean"``, see
+    :func:`threshold_level`).
     """
+    threshold = threshold_level(normalized_map, threshold)
     if isinstance(normalized_map, torch.Tensor):
         mask = (normalized_map >= threshold).cpu().numpy()
     else:
