@@ -98,7 +98,7 @@ def test_checkpoint_is_a_model_everywhere(trained):
 def test_camloc_run_uses_the_checkpoint(trained, shapes, tmp_path):
     images = trained.val_paths[:3]
     done = subprocess.run([*CAMLOC, "run", *images, "--model", str(trained.checkpoint), "--out",
-                           str(tmp_path)], env=ENV, capture_output=True, text=True, timeout=120)
+                           str(tmp_path)], env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert len(records) == 3
@@ -234,7 +234,7 @@ def test_checkpoint_for_unknown_architecture(trained, tmp_path):
 def test_cli_errors_are_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     command = [*CAMLOC, "train", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]
-    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "no class folders" in done.stderr
     assert "Traceback" not in done.stderr

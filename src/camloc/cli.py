@@ -140,6 +140,8 @@ def info(model: ModelOption = None, weights: WeightsOption = None, device: Devic
     else:
         neck = ", ".join(step.kind for step in adapter.neck) or "none"
         print(f"head:          GAP → [{neck}] → linear {tuple(adapter.weight.shape)} (exact CAM)")
+    if adapter.box_threshold is not None:
+        print(f"box rule:      {adapter.box_threshold} (recommended by the checkpoint)")
 
 
 @app.command()

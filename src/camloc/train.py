@@ -237,9 +237,17 @@ def subset(data: ImageSet, indices: torch.Tensor) -> ImageSet:
     return ImageSet(data.images[indices], data.labels[indices], paths, [])
 
 
-def prepare_data(options: TrainOptions, size: int
-                 ) -> tuple[list[str], ImageSet, ImageSet, list[str]]:
-    """Class names, train and validation images, and the skipped files' messages."""
+@dataclass
+class DataPlan:
+    """The files to train on, found before anything is decoded (``val_pairs`` None: split)."""
+
+    names: list[str]
+    train_pairs: list[tuple[Path, int]]
+    val_pairs: list[tuple[Path, int]] | None
+
+
+def scan_data(options: TrainOptions) -> DataPlan:
+    """Find classes and files (no decoding): the cheap checks come before the model loads."""
     if options.train_dir is not None or options.val_dir is not None:
         if options.train_dir is None or options.val_dir is None:
             raise DataError("--train and --val go together")
@@ -250,17 +258,26 @@ def prepare_data(options: TrainOptions, size: int
             raise DataError(f"{options.val_dir}: validation classes not in the training set: "
                             f"{', '.join(unknown)}")
         remap = {index: names.index(name) for index, name in enumerate(val_names)}
-        val_pairs = [(path, remap[label]) for path, label in val_pairs]
-        train_set = load_images(train_pairs, names, size, options.workers, str(options.train_dir))
-        val_set = load_images(val_pairs, names, size, options.workers, str(options.val_dir),
-                              every_class=False)
-        return names, train_set, val_set, train_set.skipped + val_set.skipped
+        return DataPlan(names, train_pairs, [(path, remap[label]) for path, label in val_pairs])
     if options.data is None:
         raise DataError("give a data folder (one sub-folder per class), or --train and --val")
     if not 0.0 < options.val_fraction < 1.0:
         raise DataError(f"--val-fraction must be in (0, 1), got {options.val_fraction}")
     names, pairs = scan_classes(options.data)
-    everything = load_images(pairs, names, size, options.workers, str(options.data))
+    return DataPlan(names, pairs, None)
+
+
+def prepare_data(options: TrainOptions, size: int, plan: DataPlan | None = None
+                 ) -> tuple[list[str], ImageSet, ImageSet, list[str]]:
+    """Class names, train and validation images, and the skipped files' messages."""
+    plan = plan or scan_data(options)
+    names, workers = plan.names, options.workers
+    if plan.val_pairs is not None:
+        train_set = load_images(plan.train_pairs, names, size, workers, str(options.train_dir))
+        val_set = load_images(plan.val_pairs, names, size, workers, str(options.val_dir),
+                              every_class=False)
+        return names, train_set, val_set, train_set.skipped + val_set.skipped
+    everything = load_images(plan.train_pairs, names, size, workers, str(options.data))
     train_idx, val_idx = stratified_split(everything.labels, options.val_fraction, options.seed)
     return names, subset(everything, train_idx), subset(everything, val_idx), everything.skipped
 
@@ -553,11 +570,15 @@ class Trainer:
             raise CamlocError(str(error)) from None
         seed_everything(options.seed)
         self.device = resolve_device(options.device)
+        plan = scan_data(options)
+        if options.resume and not self.state_path().is_file():
+            raise CamlocError(f"--resume: no training state {self.state_path()} to continue from")
         backbone = load_model(options.model, weights=options.weights)
         self.architecture = architecture_of(backbone, options.model)
         self.size = options.image_size or backbone.input_size[0]
         self.mean, self.std = backbone.mean, backbone.std
-        self.names, self.train_set, self.val_set, self.skipped = prepare_data(options, self.size)
+        self.names, self.train_set, self.val_set, self.skipped = prepare_data(options, self.size,
+                                                                              plan)
         for message in self.skipped:
             self.log(f"warning: skipped {message}")
         backbone.require_cam()
@@ -743,8 +764,9 @@ class Trainer:
         if self.options.plots:
             from . import train_plots
 
+            augmented = self.options.augment and self.cached is None
             result.outputs += train_plots.write_plots(self.out, self.history, result.confusion,
-                                                      self.names)
+                                                      self.names, augmented)
         if self.options.examples:
             from . import train_plots
 

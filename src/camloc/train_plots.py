@@ -30,7 +30,7 @@ def _pyplot():
 
 
 def write_plots(out: str | os.PathLike, history: Sequence, confusion: np.ndarray,
-                names: Sequence[str]) -> list[Path]:
+                names: Sequence[str], augmented: bool = False) -> list[Path]:
     """``curves.png`` (loss and accuracy per epoch) and ``confusion.png`` in ``out``."""
     plt = _pyplot()
     out = Path(out)
@@ -39,7 +39,8 @@ def write_plots(out: str | os.PathLike, history: Sequence, confusion: np.ndarray
     left.plot(epochs, [r.train_loss for r in history], "o-", label="train")
     left.plot(epochs, [r.val_loss for r in history], "o-", label="validation")
     left.set(title="loss", xlabel="epoch")
-    right.plot(epochs, [r.train_accuracy for r in history], "o-", label="train (augmented)")
+    train_label = "train (augmented)" if augmented else "train"
+    right.plot(epochs, [r.train_accuracy for r in history], "o-", label=train_label)
     right.plot(epochs, [r.val_accuracy for r in history], "o-", label="validation")
     right.set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
     for axis in (left, right):
