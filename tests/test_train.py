@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from camloc.boxes import box_iou
+from camloc.boxes import box_iou, boxes_from_map
 from camloc.errors import CamlocError, ModelError
 from camloc.models import load_checkpoint, load_model
 from camloc.train import DataError, TrainOptions, stages, train
@@ -45,32 +45,48 @@ def shapes(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(shapes, tmp_path_factory):
-    """The default recipe (last stages fine-tuned, augmentation), short."""
+    """The default recipe: frozen backbone, cached features, a new linear head."""
     out = tmp_path_factory.mktemp("model")
-    torch.set_num_threads(2)
-    result = train(TrainOptions(data=shapes, out=out, epochs=5, image_size=160, batch_size=16,
-                                lr=3e-3, examples=6))
-    return result
+    return train(TrainOptions(data=shapes, out=out, examples=6))
 
 
 def test_trained_model_classifies(trained):
     assert trained.best_accuracy >= 0.9
     assert trained.confusion.sum() == len(trained.val_paths)
-    assert [r.epoch for r in trained.history] == list(range(1, 6))
+    assert [r.epoch for r in trained.history] == list(range(1, 13))
 
 
 def test_trained_cam_boxes_find_the_shapes(trained, shapes):
-    """Boxes with the checkpoint's own rule (no ground truth involved) hit the true box."""
+    """Boxes with the checkpoint's own rule (no ground truth involved) hit the true box;
+    the paper's fixed 20% rule does not on these maps."""
     model = load_checkpoint(trained.checkpoint)
-    assert model.box_threshold == "otsu"
+    assert model.box_threshold == "otsu2"
     import camloc
 
-    results = camloc.explain(model, trained.val_paths, threshold=model.box_threshold)
+    results = camloc.explain(model, trained.val_paths)
     truth = truth_boxes(shapes)
-    ious = [box_iou(r.boxes[0][:1], [truth[Path(p).relative_to(shapes).as_posix()]])[0, 0]
-            for p, r in zip(trained.val_paths, results, strict=True)]
-    fraction = sum(iou >= 0.5 for iou in ious) / len(ious)
-    assert fraction >= 0.7, f"only {fraction:.2f} of validation boxes reach IoU 0.5"
+    boxes = [truth[Path(p).relative_to(shapes).as_posix()] for p in trained.val_paths]
+
+    def fraction(rule) -> float:
+        hits = [box_iou(boxes_from_map(r.normalized[0], rule)[:1], [box])[0, 0] >= 0.5
+                for r, box in zip(results, boxes, strict=True)]
+        return sum(hits) / len(hits)
+
+    adaptive, paper = fraction(model.box_threshold), fraction(0.2)
+    assert adaptive >= 0.7, f"only {adaptive:.2f} of validation boxes reach IoU 0.5"
+    assert paper < adaptive
+
+
+def test_fine_tuning_trains_only_the_last_stages(shapes, tmp_path):
+    """--unfreeze 1: augmentation + backprop through the last stage; earlier stages stay put."""
+    result = train(TrainOptions(data=shapes, out=tmp_path, unfreeze=1, epochs=1, image_size=96,
+                                batch_size=24, examples=0, plots=False))
+    before = load_model(weights=None).model.state_dict()
+    after = torch.load(result.checkpoint, weights_only=False)["state_dict"]
+    assert not torch.equal(before["conv_head.weight"], after["conv_head.weight"])
+    assert not torch.equal(before["blocks.6.0.conv_pw.weight"], after["blocks.6.0.conv_pw.weight"])
+    assert torch.equal(before["blocks.5.0.conv_pw.weight"], after["blocks.5.0.conv_pw.weight"])
+    assert torch.equal(before["bn2.running_mean"], after["bn2.running_mean"])  # BN stats frozen
 
 
 def test_outputs_written(trained):
@@ -86,9 +102,9 @@ def test_checkpoint_is_a_model_everywhere(trained):
     """load_model(CKPT) rebuilds the trained network: classes, preprocessing, exact CAM."""
     model = load_model(trained.checkpoint)
     assert model.class_names == ["circle", "square", "triangle"]
-    assert model.input_size == (160, 160) and model.mean == (0.5, 0.5, 0.5)
+    assert model.input_size == (224, 224) and model.mean == (0.5, 0.5, 0.5)
     assert model.head_error is None and model.feature_layer == "bn2"
-    batch = torch.randn(2, 3, 160, 160)
+    batch = torch.randn(2, 3, 224, 224)
     logits, features = model.forward_with_features(batch)
     weight, _, bias = model.head(features)
     rebuilt = torch.einsum("ck,nkhw->nchw", weight, features).mean(dim=(2, 3)) + bias

@@ -21,7 +21,7 @@ Box = tuple[int, int, int, int]
 DEFAULT_THRESHOLD = 0.2
 # A threshold is a fraction of the map's range, or a rule that adapts it to each map.
 Threshold = float | str
-THRESHOLD_RULES = ("otsu", "mean")
+THRESHOLD_RULES = ("otsu", "otsu2", "mean")
 
 
 def normalize_maps(maps: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -47,7 +47,7 @@ def normalize_maps(maps: torch.Tensor, mask: torch.Tensor | None = None) -> torc
 
 
 def parse_threshold(value: Threshold) -> Threshold:
-    """A fraction in [0, 1] or a rule name (``"otsu"``, ``"mean"``); ``ValueError`` otherwise.
+    """A fraction in [0, 1] or a rule name (``"otsu"``, ``"otsu2"``, ``"mean"``), else ValueError.
 
     >>> parse_threshold("0.6"), parse_threshold("Otsu")
     (0.6, 'otsu')
@@ -66,38 +66,47 @@ def parse_threshold(value: Threshold) -> Threshold:
     return float(value)
 
 
-def otsu_level(normalized_map: torch.Tensor, bins: int = 256) -> float:
-    """Otsu's threshold of a map in [0, 1]: the level that best splits it in two classes.
+def otsu_level(values: torch.Tensor, bins: int = 256) -> float:
+    """Otsu's threshold: the level that best splits ``values`` in two classes.
+
+    The histogram spans the values' own range, so the split of any subset can be asked for.
 
     >>> otsu_level(torch.tensor([[0.1, 0.1], [0.9, 0.8]])) > 0.1
     True
     """
-    values = normalized_map.detach().float().flatten()
-    histogram = torch.histc(values, bins=bins, min=0.0, max=1.0).double()
-    probability = histogram / histogram.sum().clamp_min(1)
-    centers = (torch.arange(bins, dtype=torch.float64, device=values.device) + 0.5) / bins
+    values = values.detach().float().flatten()
+    low, high = float(values.min()), float(values.max())
+    if high - low < 1e-12:
+        return high
+    histogram = torch.histc(values, bins=bins, min=low, max=high).double()
+    probability = histogram / histogram.sum()
+    edges = torch.linspace(low, high, bins + 1, dtype=torch.float64, device=values.device)
+    centers = (edges[:-1] + edges[1:]) / 2
     weight_low = probability.cumsum(0)
     mass_low = (probability * centers).cumsum(0)
-    total = mass_low[-1]
     spread = (weight_low * (1 - weight_low)).clamp_min(1e-12)
-    between = (total * weight_low - mass_low) ** 2 / spread
-    best = int(between[:-1].argmax())
-    return float((best + 1) / bins)
+    between = (mass_low[-1] * weight_low - mass_low) ** 2 / spread
+    return float(edges[int(between[:-1].argmax()) + 1])
 
 
 def threshold_level(normalized_map: np.ndarray | torch.Tensor, threshold: Threshold) -> float:
     """The fraction of the map's range a rule gives for this map.
 
-    ``"otsu"``: Otsu's split of the map's values; ``"mean"``: the map's mean. A number is
-    used as it is (the paper's rule is 0.2).
+    ``"otsu"``: Otsu's split of the map's values; ``"otsu2"``: Otsu applied again to the
+    upper class (the top class of a three-way split: the map's peak region, without the
+    broad shoulder around it); ``"mean"``: the map's mean. A number is used as it is (the
+    paper's rule is 0.2).
     """
     if not isinstance(threshold, str):
         return float(threshold)
-    values = torch.as_tensor(normalized_map)
-    if threshold == "otsu":
-        return otsu_level(values)
+    values = torch.as_tensor(normalized_map).float()
+    if threshold in ("otsu", "otsu2"):
+        level = otsu_level(values)
+        if threshold == "otsu2":
+            level = otsu_level(values[values >= level])
+        return level
     if threshold == "mean":
-        return float(values.float().mean())
+        return float(values.mean())
     rules = ", ".join(THRESHOLD_RULES)
     raise ValueError(f"unknown threshold rule {threshold!r}; choose from {rules}")
 

@@ -204,7 +204,7 @@ class Explanation:
 class BoxOptions:
     """How maps become boxes: keep ``>= threshold`` of the normalised map, then the largest
     component (or all components of at least ``min_area`` of the image). ``threshold`` is a
-    fraction, or a rule adapting to each map (``"otsu"``, ``"mean"``)."""
+    fraction, or a rule adapting to each map (``"otsu"``, ``"otsu2"``, ``"mean"``)."""
 
     threshold: Threshold = DEFAULT_THRESHOLD
     largest_only: bool = True

@@ -68,7 +68,7 @@ def run(
     method: Annotated[str, typer.Option("--method", help="auto or cam")] = "auto",
     policy: Annotated[Policy, typer.Option("--policy", help="how images are resized for the network")] = Policy.squash,
     threshold: Annotated[str | None, typer.Option(
-        "--threshold", "-t", help="box threshold: fraction of the map's range, or otsu / mean "
+        "--threshold", "-t", help="box threshold: fraction of the map's range, or otsu / otsu2 / mean "
         "(default: the model's recommended rule, else 0.2)")] = None,
     all_components: Annotated[bool, typer.Option("--all-components", help="a box per component, not only the largest")] = False,
     min_area: Annotated[float, typer.Option("--min-area", help="with --all-components: smallest box, fraction of image")] = 0.0,
@@ -152,10 +152,11 @@ def train(
     val_dir: Annotated[Path | None, typer.Option("--val", help="validation folder (with --train)")] = None,
     model: ModelOption = None,
     weights: WeightsOption = None,
-    unfreeze: Annotated[int, typer.Option("--unfreeze", help="fine-tune the last N backbone stages (0: frozen, cached features)")] = 2,
+    unfreeze: Annotated[int, typer.Option(
+        "--unfreeze", help="fine-tune the last N backbone stages (0: frozen, cached features)")] = 0,
     epochs: Annotated[int, typer.Option("--epochs", "-e")] = 12,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 32,
-    lr: Annotated[float, typer.Option("--lr", help="head learning rate (AdamW)")] = 1e-3,
+    lr: Annotated[float, typer.Option("--lr", help="head learning rate (AdamW)")] = 3e-3,
     backbone_lr_factor: Annotated[float, typer.Option("--backbone-lr-factor", help="backbone lr = lr × this")] = 0.1,
     weight_decay: Annotated[float, typer.Option("--weight-decay")] = 1e-4,
     schedule: Annotated[str, typer.Option("--schedule", help="cosine, step or constant")] = "cosine",
@@ -169,7 +170,8 @@ def train(
     workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run in --out")] = False,
     examples: Annotated[int, typer.Option("--examples", min=0, help="validation images drawn with their CAMs")] = 6,
-    box_threshold: Annotated[str, typer.Option("--box-threshold", help="box rule stored in the checkpoint for camloc run")] = "otsu",
+    box_threshold: Annotated[str, typer.Option(
+        "--box-threshold", help="box rule stored in the checkpoint for camloc run")] = "otsu2",
     device: DeviceOption = "auto",
 ) -> None:
     """Train a GAP + linear classifier on labelled folders; its CAMs work everywhere camloc does."""

@@ -6,14 +6,16 @@ classes, so the model stays ``features → GAP → linear`` and its CAMs are exa
 
 Two recipes:
 
-* ``unfreeze=0``: the backbone is frozen; the classifier's inputs are computed once and
-  cached, so epochs over the head take milliseconds.
-* ``unfreeze=N`` (default 2): the last N stages are fine-tuned too, at a lower learning
-  rate, with augmentation that moves objects around (random resized crops, flips). Frozen
-  ImageNet features classify a new problem well but their maps spread over the whole image;
-  fine-tuning the last stages makes them localize (see docs/notes/issue-11.md).
+* ``unfreeze=0`` (default): the backbone is frozen; the classifier's inputs are computed
+  once and cached, so epochs over the head take milliseconds.
+* ``unfreeze=N``: the last N stages are fine-tuned too, at a lower learning rate, with
+  augmentation that moves objects around (per-image random resized crops, flips).
 
-Trained checkpoints carry their recommended box rule (``"otsu"``), used by ``camloc run``.
+Frozen ImageNet features with a trained head put the map's *peak* on the object, but the
+7×7 map spreads a broad shoulder around it, so the paper's box rule (20% of the maximum)
+boxes almost the whole image. Trained checkpoints therefore carry the box rule measured
+to find the object, ``"otsu2"`` (see :func:`camloc.boxes.threshold_level` and
+docs/notes/issue-11.md), and ``camloc run --model CKPT`` uses it.
 
 >>> import tempfile, sys; sys.path.insert(0, "examples")
 >>> from make_shapes import make_shapes
@@ -45,7 +47,7 @@ from .errors import CamlocError, ModelError
 from .images import is_image_path, load_image
 from .models import CHECKPOINT_FORMAT, ClassifierAdapter, adapt, load_model, resolve_device
 
-RECOMMENDED_THRESHOLD = "otsu"
+RECOMMENDED_THRESHOLD = "otsu2"
 CHECKPOINT_NAME = "model.pt"
 STATE_NAME = "last.pt"
 
@@ -68,10 +70,10 @@ class TrainOptions:
     val_dir: str | os.PathLike | None = None
     model: str | None = None
     weights: str | None = None
-    unfreeze: int = 2
+    unfreeze: int = 0
     epochs: int = 12
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-3
     backbone_lr_factor: float = 0.1
     weight_decay: float = 1e-4
     schedule: str = "cosine"
