@@ -39,7 +39,7 @@ def truth_boxes(data: Path) -> dict[str, list[float]]:
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
     data = tmp_path_factory.mktemp("shapes")
-    make_shapes(data, per_class=24, size=96, seed=3)
+    make_shapes(data, per_class=24, size=128, seed=3)
     return data
 
 
@@ -95,7 +95,7 @@ def test_outputs_written(trained):
         assert (out / name).stat().st_size > 0
     summary = json.loads((out / "training.json").read_text())
     assert summary["classes"] == ["circle", "square", "triangle"]
-    assert len(summary["history"]) == 5
+    assert len(summary["history"]) == 12
 
 
 def test_checkpoint_is_a_model_everywhere(trained):
