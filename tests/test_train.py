@@ -44,6 +44,14 @@ def shapes(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def tiny_shapes(tmp_path_factory) -> Path:
+    """Four images per class at 48 px: for the mechanics (resume, fine-tuning), not accuracy."""
+    data = tmp_path_factory.mktemp("tiny")
+    make_shapes(data, per_class=4, size=48, seed=4)
+    return data
+
+
+@pytest.fixture(scope="module")
 def trained(shapes, tmp_path_factory):
     """The default recipe: frozen backbone, cached features, a new linear head."""
     out = tmp_path_factory.mktemp("model")
@@ -77,10 +85,10 @@ def test_trained_cam_boxes_find_the_shapes(trained, shapes):
     assert paper < adaptive
 
 
-def test_fine_tuning_trains_only_the_last_stages(shapes, tmp_path):
+def test_fine_tuning_trains_only_the_last_stages(tiny_shapes, tmp_path):
     """--unfreeze 1: augmentation + backprop through the last stage; earlier stages stay put."""
-    result = train(TrainOptions(data=shapes, out=tmp_path, unfreeze=1, epochs=1, image_size=96,
-                                batch_size=24, examples=0, plots=False))
+    result = train(TrainOptions(data=tiny_shapes, out=tmp_path, unfreeze=1, epochs=1,
+                                image_size=64, examples=0, plots=False))
     before = load_model(weights=None).model.state_dict()
     after = torch.load(result.checkpoint, weights_only=False)["state_dict"]
     assert not torch.equal(before["conv_head.weight"], after["conv_head.weight"])
@@ -143,8 +151,8 @@ def stop_after_first_epoch(line: str) -> None:
         raise Interrupt
 
 
-def test_resume_continues_from_the_saved_epoch(shapes, tmp_path):
-    options = dict(data=shapes, epochs=3, unfreeze=0, image_size=96, examples=0, plots=False)
+def test_resume_continues_from_the_saved_epoch(tiny_shapes, tmp_path):
+    options = dict(data=tiny_shapes, epochs=3, unfreeze=0, image_size=64, examples=0, plots=False)
     full = train(TrainOptions(out=tmp_path / "full", **options))
     with pytest.raises(Interrupt):
         train(TrainOptions(out=tmp_path / "cut", **options), log=stop_after_first_epoch)
@@ -159,9 +167,9 @@ def test_resume_continues_from_the_saved_epoch(shapes, tmp_path):
     torch.testing.assert_close(head(full), head(resumed))
 
 
-def test_resume_without_state_is_an_error(shapes, tmp_path):
+def test_resume_without_state_is_an_error(tiny_shapes, tmp_path):
     with pytest.raises(CamlocError, match="no training state"):
-        train(TrainOptions(data=shapes, out=tmp_path, resume=True, unfreeze=0, image_size=64))
+        train(TrainOptions(data=tiny_shapes, out=tmp_path, resume=True, unfreeze=0, image_size=64))
 
 
 # --------------------------------------------------------------------------- bad input
