@@ -19,6 +19,9 @@ from scipy import ndimage
 
 Box = tuple[int, int, int, int]
 DEFAULT_THRESHOLD = 0.2
+# A threshold is a fraction of the map's range, or a rule that adapts it to each map.
+Threshold = float | str
+THRESHOLD_RULES = ("otsu", "otsu2", "mean")
 
 
 def normalize_maps(maps: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -41,6 +44,71 @@ def normalize_maps(maps: torch.Tensor, mask: torch.Tensor | None = None) -> torc
     if mask is not None:
         normalized = normalized * valid
     return normalized.view_as(maps)
+
+
+def parse_threshold(value: Threshold) -> Threshold:
+    """A fraction in [0, 1] or a rule name (``"otsu"``, ``"otsu2"``, ``"mean"``), else ValueError.
+
+    >>> parse_threshold("0.6"), parse_threshold("Otsu")
+    (0.6, 'otsu')
+    """
+    if isinstance(value, str):
+        name = value.strip().lower()
+        if name in THRESHOLD_RULES:
+            return name
+        try:
+            value = float(name)
+        except ValueError:
+            raise ValueError(f"threshold must be a fraction in [0, 1] or one of "
+                             f"{', '.join(THRESHOLD_RULES)}, got {value!r}") from None
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {value}")
+    return float(value)
+
+
+def otsu_level(values: torch.Tensor, bins: int = 256) -> float:
+    """Otsu's threshold: the level that best splits ``values`` in two classes.
+
+    The histogram spans the values' own range, so the split of any subset can be asked for.
+
+    >>> otsu_level(torch.tensor([[0.1, 0.1], [0.9, 0.8]])) > 0.1
+    True
+    """
+    values = values.detach().float().flatten()
+    low, high = float(values.min()), float(values.max())
+    if high - low < 1e-12:
+        return high
+    histogram = torch.histc(values, bins=bins, min=low, max=high).double()
+    probability = histogram / histogram.sum()
+    edges = torch.linspace(low, high, bins + 1, dtype=torch.float64, device=values.device)
+    centers = (edges[:-1] + edges[1:]) / 2
+    weight_low = probability.cumsum(0)
+    mass_low = (probability * centers).cumsum(0)
+    spread = (weight_low * (1 - weight_low)).clamp_min(1e-12)
+    between = (mass_low[-1] * weight_low - mass_low) ** 2 / spread
+    return float(edges[int(between[:-1].argmax()) + 1])
+
+
+def threshold_level(normalized_map: np.ndarray | torch.Tensor, threshold: Threshold) -> float:
+    """The fraction of the map's range a rule gives for this map.
+
+    ``"otsu"``: Otsu's split of the map's values; ``"otsu2"``: Otsu applied again to the
+    upper class (the top class of a three-way split: the map's peak region, without the
+    broad shoulder around it); ``"mean"``: the map's mean. A number is used as it is (the
+    paper's rule is 0.2).
+    """
+    if not isinstance(threshold, str):
+        return float(threshold)
+    values = torch.as_tensor(normalized_map).float()
+    if threshold in ("otsu", "otsu2"):
+        level = otsu_level(values)
+        if threshold == "otsu2":
+            level = otsu_level(values[values >= level])
+        return level
+    if threshold == "mean":
+        return float(values.mean())
+    rules = ", ".join(THRESHOLD_RULES)
+    raise ValueError(f"unknown threshold rule {threshold!r}; choose from {rules}")
 
 
 def boxes_from_mask(mask: np.ndarray, largest_only: bool = True, min_area: float = 0.0) -> list[Box]:
@@ -67,14 +135,17 @@ def boxes_from_mask(mask: np.ndarray, largest_only: bool = True, min_area: float
 
 def boxes_from_map(
     normalized_map: np.ndarray | torch.Tensor,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: Threshold = DEFAULT_THRESHOLD,
     largest_only: bool = True,
     min_area: float = 0.0,
 ) -> list[Box]:
     """Boxes of a normalised map: pixels ``>= threshold``, components, largest first.
 
     The paper's rule (Zhou et al. 2016) is the default: 20% of the maximum, largest component.
+    ``threshold`` may also be a rule adapting to each map (``"otsu"``, ``"mean"``, see
+    :func:`threshold_level`).
     """
+    threshold = threshold_level(normalized_map, threshold)
     if isinstance(normalized_map, torch.Tensor):
         mask = (normalized_map >= threshold).cpu().numpy()
     else:

@@ -25,7 +25,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .boxes import DEFAULT_THRESHOLD, Box, boxes_from_map, normalize_maps
+from .boxes import (
+    DEFAULT_THRESHOLD,
+    Box,
+    Threshold,
+    boxes_from_map,
+    normalize_maps,
+    parse_threshold,
+)
 from .errors import ClassError, ModelError
 from .images import Geometry, coverage_mask, load_image, maps_to_original_batch, preprocess
 from .models import ClassifierAdapter, inference_mode
@@ -254,15 +261,18 @@ class Explanation:
 @dataclass(frozen=True)
 class BoxOptions:
     """How maps become boxes: keep ``>= threshold`` of the normalised map, then the largest
-    component (or all components of at least ``min_area`` of the image)."""
+    component (or all components of at least ``min_area`` of the image). ``threshold`` is a
+    fraction, or a rule adapting to each map (``"otsu"``, ``"otsu2"``, ``"mean"``)."""
 
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: Threshold = DEFAULT_THRESHOLD
     largest_only: bool = True
     min_area: float = 0.0
 
     def __post_init__(self):
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ClassError(f"threshold must be in [0, 1], got {self.threshold}")
+        try:
+            object.__setattr__(self, "threshold", parse_threshold(self.threshold))
+        except ValueError as error:
+            raise ClassError(str(error)) from None
         if not 0.0 <= self.min_area < 1.0:
             raise ClassError(f"min area must be a fraction of the image in [0, 1), got {self.min_area}")
 
@@ -328,7 +338,7 @@ def explain(
     method: str = "auto",
     layer: str | None = None,
     policy: str = "squash",
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: Threshold = DEFAULT_THRESHOLD,
     largest_only: bool = True,
     min_area: float = 0.0,
     batch_size: int = 32,

@@ -83,7 +83,9 @@ def run(
     layer: Annotated[str | None, typer.Option(
         "--layer", help="target layer of the gradient methods (default: last spatial layer)")] = None,
     policy: Annotated[Policy, typer.Option("--policy", help="how images are resized for the network")] = Policy.squash,
-    threshold: Annotated[float, typer.Option("--threshold", "-t", help="box threshold, fraction of the map's range")] = 0.2,
+    threshold: Annotated[str | None, typer.Option(
+        "--threshold", "-t", help="box threshold: fraction of the map's range, or otsu / otsu2 / mean "
+        "(default: the model's recommended rule, else 0.2)")] = None,
     all_components: Annotated[bool, typer.Option("--all-components", help="a box per component, not only the largest")] = False,
     min_area: Annotated[float, typer.Option("--min-area", help="with --all-components: smallest box, fraction of image")] = 0.0,
     colormap: Annotated[str, typer.Option("--colormap", help="matplotlib colormap")] = "jet",
@@ -109,19 +111,15 @@ def run(
     ] = None,
 ) -> None:
     """Explain images: overlays, boxes and results.jsonl in --out."""
+    from .boxes import DEFAULT_THRESHOLD, parse_threshold
+    from .render import colormap_lut
     from .runner import RunOptions
     from .runner import run as run_job
 
-    options = RunOptions(
-        out=out, topk=topk, rank=rank, classes=tuple(classes or ()), method=method,
-        layer=layer,
-        policy=policy.value, threshold=threshold, largest_only=not all_components, min_area=min_area,
-        colormap=colormap, alpha=alpha, image_format=image_format.value, panels=panels, grid=grid,
-        save_maps=save_maps, batch_size=batch_size, workers=workers, amp=amp, resume=resume,
-        max_pixels=max_pixels,
-    )
-    from .render import colormap_lut
-
+    try:
+        box_threshold = parse_threshold(threshold) if threshold is not None else None
+    except ValueError as error:
+        fail(str(error))
     colormap_lut(colormap)  # an unknown colormap fails before any work
     if engine is Engine.ray:
         from .ray_engine import import_ray
@@ -130,6 +128,16 @@ def run(
     elif ray_address:
         fail("--ray-address needs --engine ray")
     adapter = load(model, weights, "cpu" if engine is Engine.ray else device, preprocess)
+    if box_threshold is None:  # an explicit flag, else the checkpoint's rule, else the paper's
+        box_threshold = adapter.box_threshold if adapter.box_threshold is not None else DEFAULT_THRESHOLD
+    options = RunOptions(
+        out=out, topk=topk, rank=rank, classes=tuple(classes or ()), method=method,
+        layer=layer,
+        policy=policy.value, threshold=box_threshold, largest_only=not all_components, min_area=min_area,
+        colormap=colormap, alpha=alpha, image_format=image_format.value, panels=panels, grid=grid,
+        save_maps=save_maps, batch_size=batch_size, workers=workers, amp=amp, resume=resume,
+        max_pixels=max_pixels,
+    )
     show_bar = err.is_terminal
     progress = Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=err, disable=not show_bar, transient=True)
@@ -177,6 +185,67 @@ def info(model: ModelOption = None, weights: WeightsOption = None, device: Devic
     else:
         neck = ", ".join(step.kind for step in adapter.neck) or "none"
         print(f"head:          GAP → [{neck}] → linear {tuple(adapter.weight.shape)} (exact CAM)")
+    if adapter.box_threshold is not None:
+        print(f"box rule:      {adapter.box_threshold} (recommended by the checkpoint)")
+
+
+@app.command()
+def train(
+    data: Annotated[Path | None, typer.Argument(help="folder with one sub-folder of images per class")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder (or a .pt checkpoint path)")] = Path("camloc-train"),
+    train_dir: Annotated[Path | None, typer.Option("--train", help="training folder (with --val)")] = None,
+    val_dir: Annotated[Path | None, typer.Option("--val", help="validation folder (with --train)")] = None,
+    model: ModelOption = None,
+    weights: WeightsOption = None,
+    unfreeze: Annotated[int, typer.Option(
+        "--unfreeze", help="fine-tune the last N backbone stages (0: frozen, cached features)")] = 0,
+    epochs: Annotated[int, typer.Option("--epochs", "-e")] = 12,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 32,
+    lr: Annotated[float, typer.Option("--lr", help="head learning rate (AdamW)")] = 3e-3,
+    backbone_lr_factor: Annotated[float, typer.Option("--backbone-lr-factor", help="backbone lr = lr × this")] = 0.1,
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 1e-4,
+    schedule: Annotated[str, typer.Option("--schedule", help="cosine, step or constant")] = "cosine",
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing", min=0.0, max=0.99)] = 0.0,
+    balance: Annotated[bool, typer.Option("--balance", help="weight classes by inverse frequency")] = False,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="network input side (default: the backbone's)")] = None,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="validation share per class without --val")] = 0.2,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="random resized crops and flips when fine-tuning")] = True,
+    patience: Annotated[int | None, typer.Option("--patience", help="early stop after N epochs without a better val accuracy")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run in --out")] = False,
+    examples: Annotated[int, typer.Option("--examples", min=0, help="validation images drawn with their CAMs")] = 6,
+    box_threshold: Annotated[str, typer.Option(
+        "--box-threshold", help="box rule stored in the checkpoint for camloc run")] = "otsu2",
+    device: DeviceOption = "auto",
+) -> None:
+    """Train a GAP + linear classifier on labelled folders; its CAMs work everywhere camloc does."""
+    from .train import TrainOptions, train as train_job
+
+    options = TrainOptions(
+        data=data, out=out, train_dir=train_dir, val_dir=val_dir, model=model,
+        weights=str(weights) if weights is not None else None, unfreeze=unfreeze, epochs=epochs,
+        batch_size=batch_size, lr=lr, backbone_lr_factor=backbone_lr_factor, weight_decay=weight_decay,
+        schedule=schedule, label_smoothing=label_smoothing, balance=balance, image_size=image_size,
+        val_fraction=val_fraction, augment=augment, patience=patience, seed=seed, workers=workers,
+        device=device, resume=resume, examples=examples, box_threshold=box_threshold,
+    )
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=err, disable=not err.is_terminal, transient=True)
+    tasks: dict[str, int] = {}
+
+    def on_step(label: str, done: int, total: int) -> None:
+        if label not in tasks:
+            tasks[label] = progress.add_task(label, total=total)
+        progress.update(tasks[label], completed=done, visible=done < total)
+
+    with progress:
+        result = train_job(options, log=lambda line: progress.console.print(line, soft_wrap=True,
+                                                                           highlight=False),
+                           progress=on_step)
+    skipped = f", {len(result.skipped)} unreadable image(s) skipped" if result.skipped else ""
+    err.print(f"camloc: best val accuracy {result.best_accuracy:.3f} at epoch {result.best_epoch}"
+              f"{skipped} → {result.checkpoint}")
 
 
 @app.command()

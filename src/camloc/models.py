@@ -110,6 +110,7 @@ class ClassifierAdapter:
     pre_pool: list[tuple[Callable, tuple, dict]] = field(default_factory=list)
     head_error: str | None = None
     source: str = ""
+    box_threshold: float | str | None = None  # recommended box rule (trained checkpoints)
 
     @property
     def num_classes(self) -> int:

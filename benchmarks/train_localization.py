@@ -1,0 +1,82 @@
+"""How well do CAM boxes of `camloc train` models find the object? (issue 11)
+
+Generates the shapes set (examples/make_shapes.py), trains one model per recipe and
+reports validation accuracy and the fraction of validation images whose CAM box (top
+class, largest component) has IoU >= 0.5 with the true shape box, for several box rules.
+
+    python benchmarks/train_localization.py --per-class 100 --recipes 0 1 2 --epochs 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
+from make_shapes import make_shapes  # noqa: E402
+
+from camloc.boxes import box_iou, boxes_from_map  # noqa: E402
+from camloc.cam import explain  # noqa: E402
+from camloc.models import load_checkpoint  # noqa: E402
+from camloc.train import TrainOptions, train  # noqa: E402
+
+RULES = (0.2, 0.4, 0.6, 0.8, "mean", "otsu", "otsu2")
+
+
+def localization(checkpoint: Path, data: Path, val_paths: list[str]) -> dict:
+    """Fraction of validation images with a box IoU >= 0.5, per rule."""
+    truth = {}
+    with open(data / "boxes.csv") as stream:
+        for row in csv.DictReader(stream):
+            truth[row["image"]] = [float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")]
+    model = load_checkpoint(checkpoint)
+    results = explain(model, val_paths, batch_size=64)
+    fractions = {}
+    for rule in RULES:
+        hits = 0
+        for path, result in zip(val_paths, results, strict=True):
+            boxes = boxes_from_map(result.normalized[0], rule)
+            key = Path(path).relative_to(data).as_posix()
+            hits += bool(boxes) and box_iou(boxes[:1], [truth[key]])[0, 0] >= 0.5
+        fractions[str(rule)] = hits / len(val_paths)
+    return fractions
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default="bench-shapes")
+    parser.add_argument("--out", default="bench-train")
+    parser.add_argument("--per-class", type=int, default=200)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--recipes", nargs="+", type=int, default=[0, 1, 2, 3],
+                        help="--unfreeze values")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--no-augment", action="store_true")
+    args = parser.parse_args()
+    data = Path(args.data).resolve()
+    if not (data / "boxes.csv").exists():
+        make_shapes(data, args.per_class, args.size, seed=1)
+    print(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}; data: {data}")
+    print("unfreeze  epochs  val_acc  " + "  ".join(f"iou50@{r}" for r in RULES) + "  seconds")
+    for unfreeze in args.recipes:
+        started = time.perf_counter()
+        epochs = args.epochs if unfreeze else max(args.epochs, 30)
+        result = train(TrainOptions(data=data, out=Path(args.out) / f"unfreeze{unfreeze}",
+                                    unfreeze=unfreeze, epochs=epochs, image_size=args.image_size,
+                                    augment=not args.no_augment, examples=6))
+        fractions = localization(result.checkpoint, data, result.val_paths)
+        seconds = time.perf_counter() - started
+        cells = "  ".join(f"{fractions[str(r)]:9.3f}" for r in RULES)
+        print(f"{unfreeze:8d}  {epochs:6d}  {result.best_accuracy:7.3f}  {cells}  {seconds:7.1f}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
