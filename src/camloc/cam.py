@@ -25,11 +25,32 @@ import torch
 from PIL import Image
 
 from .boxes import DEFAULT_THRESHOLD, Box, boxes_from_map, normalize_maps
-from .errors import ClassError, ModelError
+from .errors import CamlocError, ClassError, ModelError
 from .images import Geometry, coverage_mask, load_image, maps_to_original, preprocess
 from .models import ClassifierAdapter, inference_mode
 
 NUM_PREDICTIONS = 5
+# camloc's default localization feeds the network a larger image than it was trained on
+# (finer feature maps: 14x14 instead of 7x7 for EfficientNet-Lite0) and averages the
+# maps of the image and its mirror. docs/localization.md has the measurements.
+DEFAULT_INPUT_SCALE = 2.0
+DEFAULT_FLIP = True
+DEFAULT_BOX_THRESHOLD = 0.2  # τ of camloc's boxes (the paper's rule is 0.2)
+
+
+def network_size(model: ClassifierAdapter, input_size: int | None = None) -> tuple[int, int]:
+    """The ``(height, width)`` fed to the network: ``input_size`` squared, or by default the
+    model's own size times :data:`DEFAULT_INPUT_SCALE`, rounded to a multiple of 32.
+
+    >>> import camloc
+    >>> network_size(camloc.load_model("resnet18", weights="random")), network_size(None, 224)
+    ((448, 448), (224, 224))
+    """
+    if input_size is not None:
+        if input_size < 16:
+            raise CamlocError(f"--input-size must be at least 16 pixels, got {input_size}")
+        return (int(input_size), int(input_size))
+    return tuple(max(32, round(side * DEFAULT_INPUT_SCALE / 32) * 32) for side in model.input_size)
 
 
 # --------------------------------------------------------------------------- choosing classes
@@ -127,6 +148,46 @@ def class_maps(model: ClassifierAdapter, features: torch.Tensor, classes: torch.
 METHODS: dict[str, type[CAMMethod]] = {"cam": CAMMethod}
 
 
+class MirroredSelection:
+    """The classes of a batch stacked with its mirror: chosen once on the two views' mean
+    logits, the same for an image and its mirror."""
+
+    def __init__(self, selection: ClassSelection):
+        self.selection = selection
+
+    def resolve(self, model: ClassifierAdapter) -> list[int] | None:
+        return self.selection.resolve(model)
+
+    def indices(self, logits: torch.Tensor, model: ClassifierAdapter) -> torch.Tensor:
+        half = logits.shape[0] // 2
+        chosen = self.selection.indices((logits[:half] + logits[half:]) / 2, model)
+        return torch.cat([chosen, chosen])
+
+
+def explain_batch(
+    method: CAMMethod, batch: torch.Tensor, selection: ClassSelection, flip: bool = False
+) -> MethodOutput:
+    """Run ``method`` on a batch; with ``flip``, also on its horizontal mirror, and average.
+
+    Test-time flip: one forward of ``[batch, mirrored batch]``, the classes chosen on the mean
+    logits, the mirror's maps flipped back, logits and raw maps averaged (so the mean of a
+    CAM plus the bias is still the averaged logit). Without ``flip`` it is ``method(batch)``.
+
+    >>> import torch, camloc
+    >>> model = camloc.load_model("resnet18", weights="random")
+    >>> out = explain_batch(CAMMethod(model), torch.randn(2, 3, 64, 64), ClassSelection(), flip=True)
+    >>> tuple(out.maps.shape), tuple(out.logits.shape)
+    ((2, 1, 2, 2), (2, 1000))
+    """
+    if not flip:
+        return method(batch, selection)
+    count = batch.shape[0]
+    both = method(torch.cat([batch, batch.flip(-1)]), MirroredSelection(selection))
+    logits = (both.logits[:count] + both.logits[count:]) / 2
+    maps = (both.maps[:count] + both.maps[count:].flip(-1)) / 2
+    return MethodOutput(logits, both.classes[:count], maps, both.method)
+
+
 def get_method(name: str, model: ClassifierAdapter) -> CAMMethod:
     """The method called ``name`` (``"auto"``: exact CAM when the head allows it)."""
     if name == "auto":
@@ -198,7 +259,7 @@ class BoxOptions:
     """How maps become boxes: keep ``>= threshold`` of the normalised map, then the largest
     component (or all components of at least ``min_area`` of the image)."""
 
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: float = DEFAULT_BOX_THRESHOLD
     largest_only: bool = True
     min_area: float = 0.0
 
@@ -268,12 +329,18 @@ def explain(
     classes: Sequence[int | str] = (),
     method: str = "auto",
     policy: str = "squash",
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float = DEFAULT_BOX_THRESHOLD,
     largest_only: bool = True,
     min_area: float = 0.0,
     batch_size: int = 32,
+    input_size: int | None = None,
+    flip: bool = DEFAULT_FLIP,
 ) -> list[Explanation]:
     """Explain images (paths, PIL images, tensors): predictions, maps, boxes.
+
+    ``input_size``: the side images are resized to for the network (default: twice the
+    model's, see :func:`network_size`); ``flip``: average with the mirrored image. Plain CAM
+    as in the paper is ``method="cam", threshold=0.2, input_size=224, flip=False``.
 
     >>> import camloc
     >>> model = camloc.load_model()
@@ -287,12 +354,14 @@ def explain(
     selection.resolve(model)
     box_options = BoxOptions(threshold, largest_only, min_area)
     runner = get_method(method, model)
+    size = network_size(model, input_size)
     results: list[Explanation] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        tensors, geometries = zip(*(preprocess(as_pil(im), model.input_size, policy, model.mean, model.std)
+        tensors, geometries = zip(*(preprocess(as_pil(im), size, policy, model.mean, model.std)
                                     for im in chunk), strict=True)
         batch = torch.stack(tensors).to(model.device)
         sources = [str(im) if isinstance(im, (str, os.PathLike)) else None for im in chunk]
-        results.extend(finish(runner(batch, selection), geometries, model, box_options, sources))
+        output = explain_batch(runner, batch, selection, flip)
+        results.extend(finish(output, geometries, model, box_options, sources))
     return results

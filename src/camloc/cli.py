@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .cam import DEFAULT_BOX_THRESHOLD, DEFAULT_FLIP
 from .errors import CamlocError
 
 app = typer.Typer(
@@ -47,6 +48,10 @@ ModelOption = Annotated[str | None, typer.Option(
 WeightsOption = Annotated[Path | None, typer.Option(
     "--weights", help="local weights file for a named model ('random' for untrained weights)")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")]
+InputSizeOption = Annotated[int | None, typer.Option(
+    "--input-size", min=16, help="side of the image fed to the network (default: 2x the model's, 448)")]
+FlipOption = Annotated[bool, typer.Option(
+    "--flip/--no-flip", help="average the maps of the image and its mirror")]
 
 
 def load(model: str | None, weights: Path | None, device: str):
@@ -67,7 +72,9 @@ def run(
         "--class", "-c", help="explain this class (name or index); repeatable")] = None,
     method: Annotated[str, typer.Option("--method", help="auto or cam")] = "auto",
     policy: Annotated[Policy, typer.Option("--policy", help="how images are resized for the network")] = Policy.squash,
-    threshold: Annotated[float, typer.Option("--threshold", "-t", help="box threshold, fraction of the map's range")] = 0.2,
+    threshold: Annotated[float, typer.Option("--threshold", "-t", help="box threshold, fraction of the map's range")] = DEFAULT_BOX_THRESHOLD,
+    input_size: InputSizeOption = None,
+    flip: FlipOption = DEFAULT_FLIP,
     all_components: Annotated[bool, typer.Option("--all-components", help="a box per component, not only the largest")] = False,
     min_area: Annotated[float, typer.Option("--min-area", help="with --all-components: smallest box, fraction of image")] = 0.0,
     colormap: Annotated[str, typer.Option("--colormap", help="matplotlib colormap")] = "jet",
@@ -90,7 +97,7 @@ def run(
         policy=policy.value, threshold=threshold, largest_only=not all_components, min_area=min_area,
         colormap=colormap, alpha=alpha, image_format=image_format.value, panels=panels, grid=grid,
         save_maps=save_maps, batch_size=batch_size, workers=workers, resume=resume,
-        max_pixels=max_pixels,
+        max_pixels=max_pixels, input_size=input_size, flip=flip,
     )
     from .render import colormap_lut
 
@@ -115,6 +122,83 @@ def run(
     err.print(f"camloc: {summary.line()} → {out / 'results.jsonl'}")
     if summary.failed:
         raise typer.Exit(1)
+
+
+@app.command("eval")
+def evaluate(
+    images: Annotated[Path, typer.Option("--images", help="folder of images (searched recursively)")],
+    boxes: Annotated[Path, typer.Option(
+        "--boxes", help="ground truth: CSV (image,label,xmin,ymin,xmax,ymax), VOC XML folder or COCO JSON")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write the report (plot, gallery, report.md) here")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the metrics as JSON here")] = None,
+    model: ModelOption = None,
+    weights: WeightsOption = None,
+    method: Annotated[str, typer.Option("--method", help="auto or cam")] = "auto",
+    policy: Annotated[Policy, typer.Option("--policy", help="how images are resized for the network")] = Policy.squash,
+    threshold: Annotated[float, typer.Option("--threshold", "-t", help="box threshold τ, fraction of the map's range")] = DEFAULT_BOX_THRESHOLD,
+    input_size: InputSizeOption = None,
+    flip: FlipOption = DEFAULT_FLIP,
+    all_components: Annotated[bool, typer.Option("--all-components", help="a box per component, not only the largest")] = False,
+    min_area: Annotated[float, typer.Option("--min-area", help="with --all-components: smallest box, fraction of image")] = 0.0,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 16,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
+    device: DeviceOption = "auto",
+) -> None:
+    """Measure localization against ground-truth boxes: top-1/GT-known loc, MaxBoxAccV2."""
+    from .evaluate import evaluate as run_eval
+    from .runner import RunOptions
+
+    options = RunOptions(
+        out=out or "camloc-eval", method=method, policy=policy.value, threshold=threshold,
+        largest_only=not all_components, min_area=min_area, batch_size=batch_size, workers=workers,
+        input_size=input_size, flip=flip,
+    )
+    options.box_options()  # bad thresholds fail before the model loads
+    if not images.is_dir():
+        fail(f"--images {images}: not a folder")
+    adapter = load(model, weights, device)
+    progress = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=err, disable=not err.is_terminal, transient=True)
+    task = progress.add_task("eval", total=None)
+
+    def on_start(total: int) -> None:
+        progress.update(task, total=total)
+
+    def on_image(path: str, error: str | None) -> None:
+        if error:
+            progress.console.print(f"[yellow]warning:[/] skipped {error}", soft_wrap=True)
+        progress.advance(task)
+
+    with progress:
+        result = run_eval(adapter, images, boxes, options, on_start=on_start, on_image=on_image)
+    metrics = result.metrics()
+    print_metrics(metrics)
+    if json_path is not None:
+        import json
+
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    if out is not None:
+        from .report import write_report
+
+        written = write_report(result, out, adapter, options)
+        err.print(f"camloc: report → {written['report']}")
+
+
+def print_metrics(metrics: dict) -> None:
+    """The figures on stdout, one per line."""
+    counts = metrics["counts"]
+    print(f"images:        {metrics['num_images']} evaluated of {counts['images']} "
+          f"({counts['without_ground_truth']} without ground truth, {counts['unknown_labels']} "
+          f"with unknown labels, {counts['unreadable']} unreadable)")
+    for key in ("top1_cls", "top5_cls", "top1_loc", "gt_known_loc", "maxboxacc_v2"):
+        print(f"{key + ':':14s} {metrics[key]:.4f}")
+    per_iou = ", ".join(f"δ={d}: {v:.4f} (τ={metrics['maxboxacc_v2_best_tau'][d]:g})"
+                        for d, v in metrics["maxboxacc_v2_per_iou"].items())
+    print(f"  per IoU:     {per_iou}")
+    print(f"default τ:     {metrics['default_tau']:g}")
+    print(f"best τ:        {metrics['best_tau']:g} (top1_loc {metrics['top1_loc_at_best_tau']:.4f}, "
+          f"gt_known_loc {metrics['gt_known_loc_at_best_tau']:.4f})")
 
 
 @app.command()

@@ -32,7 +32,17 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from . import render
-from .cam import BoxOptions, ClassSelection, Explanation, finish, get_method
+from .cam import (
+    DEFAULT_BOX_THRESHOLD,
+    DEFAULT_FLIP,
+    BoxOptions,
+    ClassSelection,
+    Explanation,
+    explain_batch,
+    finish,
+    get_method,
+    network_size,
+)
 from .errors import CamlocError, ImageError
 from .images import DEFAULT_MAX_PIXELS, Geometry, collect_images, load_image, preprocess
 from .models import ClassifierAdapter
@@ -50,7 +60,7 @@ class RunOptions:
     classes: Sequence[int | str] = ()
     method: str = "auto"
     policy: str = "squash"
-    threshold: float = 0.2
+    threshold: float = DEFAULT_BOX_THRESHOLD
     largest_only: bool = True
     min_area: float = 0.0
     colormap: str = render.DEFAULT_COLORMAP
@@ -64,6 +74,12 @@ class RunOptions:
     workers: int = 0
     resume: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    input_size: int | None = None  # network input side; None: DEFAULT_INPUT_SCALE x the model's
+    flip: bool = DEFAULT_FLIP  # test-time horizontal flip, maps and logits averaged
+
+    def network_size(self, model: ClassifierAdapter) -> tuple[int, int]:
+        """The ``(height, width)`` images are resized to for the network."""
+        return network_size(model, self.input_size)
 
     def selection(self) -> ClassSelection:
         return ClassSelection(topk=self.topk, rank=self.rank, classes=tuple(self.classes))
@@ -160,9 +176,10 @@ class Item:
 class ImageDataset(Dataset):
     """Loads and preprocesses one image per item; failures become an ``Item`` with an error."""
 
-    def __init__(self, paths: Sequence[Path], model: ClassifierAdapter, policy: str, max_pixels: int):
+    def __init__(self, paths: Sequence[Path], model: ClassifierAdapter, policy: str, max_pixels: int,
+                 input_size: tuple[int, int] | None = None):
         self.paths, self.policy, self.max_pixels = list(paths), policy, max_pixels
-        self.input_size, self.mean, self.std = model.input_size, model.mean, model.std
+        self.input_size, self.mean, self.std = input_size or model.input_size, model.mean, model.std
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -185,7 +202,7 @@ def _keep_items(items: list[Item]) -> list[Item]:
 
 
 def batches(paths: Sequence[Path], model: ClassifierAdapter, options: RunOptions) -> Iterator[list[Item]]:
-    dataset = ImageDataset(paths, model, options.policy, options.max_pixels)
+    dataset = ImageDataset(paths, model, options.policy, options.max_pixels, options.network_size(model))
     loader = DataLoader(dataset, batch_size=options.batch_size, num_workers=options.workers,
                         collate_fn=_keep_items, prefetch_factor=2 if options.workers else None,
                         persistent_workers=False)
@@ -290,7 +307,7 @@ def run(
             explanations: dict[int, Explanation] = {}
             if good:
                 batch = torch.stack([item.tensor for item in good]).to(model.device, non_blocking=True)
-                output = method(batch, selection)
+                output = explain_batch(method, batch, selection, options.flip)
                 geometries = [item.geometry for item in good]
                 for item, explanation in zip(good, finish(output, geometries, model, box_options,
                                                           [item.path for item in good]), strict=True):
