@@ -98,12 +98,15 @@ def read_csv_boxes(path: Path) -> GroundTruth:
             reader = csv.DictReader(stream)
             missing = [c for c in columns if c not in (reader.fieldnames or [])]
             if missing:
-                raise GroundTruthError(f"{path}: CSV needs the columns {','.join(columns)}; "
-                                       f"missing {','.join(missing)}")
+                raise GroundTruthError(
+                    f"{path}: CSV needs the columns {','.join(columns)}; "
+                    f"missing {','.join(missing)}"
+                )
             for line, row in enumerate(reader, start=2):
                 where = f"{path}:{line}"
                 boxes[row["image"].strip()].append(
-                    GTBox(row["label"].strip(), _box([row[c] for c in columns[2:]], where)))
+                    GTBox(row["label"].strip(), _box([row[c] for c in columns[2:]], where))
+                )
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise GroundTruthError(f"{path}: unreadable CSV ({error})") from None
     return dict(boxes)
@@ -127,9 +130,12 @@ def read_voc_files(files: Sequence[Path]) -> GroundTruth:
             box = item.find("bndbox")
             if box is None:
                 continue
-            xmin, ymin, xmax, ymax = _box([box.findtext(k) for k in ("xmin", "ymin", "xmax", "ymax")],
-                                          str(file))
-            entries.append(GTBox((item.findtext("name") or "").strip(), (xmin - 1, ymin - 1, xmax, ymax)))
+            xmin, ymin, xmax, ymax = _box(
+                [box.findtext(k) for k in ("xmin", "ymin", "xmax", "ymax")], str(file)
+            )
+            entries.append(
+                GTBox((item.findtext("name") or "").strip(), (xmin - 1, ymin - 1, xmax, ymax))
+            )
     return boxes
 
 
@@ -152,11 +158,15 @@ def read_coco_json(path: Path) -> GroundTruth:
         for note in data.get("annotations", []):
             x, y, w, h = note["bbox"]
             label = names.get(note["category_id"], str(note["category_id"]))
-            boxes[files[note["image_id"]]].append(GTBox(label, _box([x, y, x + w, y + h], str(path))))
+            boxes[files[note["image_id"]]].append(
+                GTBox(label, _box([x, y, x + w, y + h], str(path)))
+            )
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise GroundTruthError(f"{path}: unreadable COCO JSON ({error})") from None
     except (KeyError, TypeError, ValueError) as error:
-        raise GroundTruthError(f"{path}: not a COCO instances file (bad or missing {error})") from None
+        raise GroundTruthError(
+            f"{path}: not a COCO instances file (bad or missing {error})"
+        ) from None
     return boxes
 
 
@@ -176,7 +186,11 @@ def match_images(paths: Sequence[Path], root: Path | None, truth: GroundTruth) -
                 relative = path.relative_to(root).as_posix()
             except ValueError:
                 relative = None
-        key = (relative if relative in truth else None) or by_name.get(path.name) or by_stem.get(path.stem)
+        key = (
+            (relative if relative in truth else None)
+            or by_name.get(path.name)
+            or by_stem.get(path.stem)
+        )
         if key is not None:
             found[path] = key
     return found
@@ -254,7 +268,9 @@ def sweep_ious(normalized: torch.Tensor, gt_boxes: np.ndarray, thresholds: torch
     best_distinct = np.zeros(len(distinct))
     largest_distinct = np.zeros(len(distinct))
     if len(distinct) and len(gt_boxes):
-        layer, boxes, areas = component_boxes(masks[torch.from_numpy(distinct).to(masks.device)].cpu().numpy())
+        layer, boxes, areas = component_boxes(
+            masks[torch.from_numpy(distinct).to(masks.device)].cpu().numpy()
+        )
         ious = box_iou(boxes, gt_boxes).max(1) if len(boxes) else np.zeros(0)
         np.maximum.at(best_distinct, layer, ious)
         pick = np.lexsort((-areas, layer))  # by layer, largest area first
@@ -270,8 +286,9 @@ def sweep_ious(normalized: torch.Tensor, gt_boxes: np.ndarray, thresholds: torch
     return Sweep(unsorted_best, unsorted_largest)
 
 
-def working_resolution(normalized: torch.Tensor, boxes: np.ndarray,
-                       max_side: int = SWEEP_MAX_SIDE) -> tuple[torch.Tensor, np.ndarray]:
+def working_resolution(
+    normalized: torch.Tensor, boxes: np.ndarray, max_side: int = SWEEP_MAX_SIDE
+) -> tuple[torch.Tensor, np.ndarray]:
     """A map larger than ``max_side`` resized (bilinear) to fit it, and its boxes scaled alike.
 
     >>> m, b = working_resolution(torch.zeros(1000, 500), np.array([[0, 0, 100, 100]]), 448)
@@ -283,14 +300,16 @@ def working_resolution(normalized: torch.Tensor, boxes: np.ndarray,
         return normalized, boxes
     factor = max_side / max(height, width)
     size = (max(1, round(height * factor)), max(1, round(width * factor)))
-    resized = torch.nn.functional.interpolate(normalized[None, None].float(), size=size, mode="bilinear",
-                                              align_corners=False)[0, 0]
+    resized = torch.nn.functional.interpolate(
+        normalized[None, None].float(), size=size, mode="bilinear", align_corners=False
+    )[0, 0]
     scale = np.array([size[1] / width, size[0] / height] * 2)
     return resized, np.asarray(boxes, dtype=np.float64) * scale
 
 
-def max_box_acc(best_ious: np.ndarray, thresholds: np.ndarray,
-                iou_thresholds: Sequence[float] = IOU_THRESHOLDS) -> dict[str, Any]:
+def max_box_acc(
+    best_ious: np.ndarray, thresholds: np.ndarray, iou_thresholds: Sequence[float] = IOU_THRESHOLDS
+) -> dict[str, Any]:
     """MaxBoxAccV2 from ``(N, T)`` best-box IoUs: per δ, the best over τ of the fraction of
     maps with IoU ≥ δ; their mean, and the τ that gave each.
 
@@ -305,7 +324,11 @@ def max_box_acc(best_ious: np.ndarray, thresholds: np.ndarray,
         index = int(np.argmax(accuracy))
         per_iou[f"{delta:g}"] = float(accuracy[index])
         best_tau[f"{delta:g}"] = float(round(float(thresholds[index]), 6))
-    return {"value": float(np.mean(list(per_iou.values()))), "per_iou": per_iou, "best_tau": best_tau}
+    return {
+        "value": float(np.mean(list(per_iou.values()))),
+        "per_iou": per_iou,
+        "best_tau": best_tau,
+    }
 
 
 # --------------------------------------------------------------------------- the eval job
@@ -364,8 +387,10 @@ class EvalResult:
     def metrics(self) -> dict[str, Any]:
         count = len(self.images)
         if count == 0:
-            raise CamlocError("no image could be evaluated (none had readable ground truth "
-                              "with labels the model knows)")
+            raise CamlocError(
+                "no image could be evaluated (none had readable ground truth "
+                "with labels the model knows)"
+            )
         top1 = np.array([r.top1_correct for r in self.images])
         ious = np.array([r.iou for r in self.images])
         located = ious >= LOC_IOU
@@ -396,12 +421,17 @@ class EvalResult:
         groups: dict[int, list[ImageResult]] = defaultdict(list)
         for result in self.images:
             groups[result.gt_classes[0]].append(result)
-        rows = [{
-            "class": self.class_names[index], "index": index, "images": len(members),
-            "top1_cls": float(np.mean([m.top1_correct for m in members])),
-            "top1_loc": float(np.mean([m.top1_correct and m.iou >= LOC_IOU for m in members])),
-            "gt_known_loc": float(np.mean([m.iou >= LOC_IOU for m in members])),
-        } for index, members in groups.items()]
+        rows = [
+            {
+                "class": self.class_names[index],
+                "index": index,
+                "images": len(members),
+                "top1_cls": float(np.mean([m.top1_correct for m in members])),
+                "top1_loc": float(np.mean([m.top1_correct and m.iou >= LOC_IOU for m in members])),
+                "gt_known_loc": float(np.mean([m.iou >= LOC_IOU for m in members])),
+            }
+            for index, members in groups.items()
+        ]
         return sorted(rows, key=lambda row: (-row["images"], row["class"]))
 
 
@@ -453,11 +483,17 @@ def evaluate(
         if not known or any(index is None for index, _ in known):
             counts.unknown_labels += 1
             bad = sorted({b.label for b in truth[key] if class_of(b.label, model) is None})
-            counts.errors.append(f"{path}: " + (f"unknown label(s) {', '.join(bad)}" if bad
-                                                else "no ground-truth box"))
+            counts.errors.append(
+                f"{path}: "
+                + (f"unknown label(s) {', '.join(bad)}" if bad else "no ground-truth box")
+            )
             continue
         box_classes = [index for index, _ in known]
-        targets[path] = (list(dict.fromkeys(box_classes)), box_classes, [list(box) for _, box in known])
+        targets[path] = (
+            list(dict.fromkeys(box_classes)),
+            box_classes,
+            [list(box) for _, box in known],
+        )
     todo = [p for p in paths if p in targets]
     method = get_method(options.method, model)
     box_options = options.box_options()
@@ -487,12 +523,19 @@ def evaluate(
             sweep = sweep_ious(*working_resolution(explanation.normalized[0], own), thresholds)
             box = explanation.boxes[0][0] if explanation.boxes[0] else None
             iou = float(box_iou([box], own).max()) if box is not None else 0.0
-            results.append(ImageResult(
-                path=item.path, key=keys[Path(item.path)], gt_classes=classes, gt_boxes=boxes,
-                predicted=predicted, box=list(box) if box is not None else None, iou=iou,
-                top1_correct=predicted[0] in classes,
-                top5_correct=bool(set(predicted) & set(classes)),
-            ))
+            results.append(
+                ImageResult(
+                    path=item.path,
+                    key=keys[Path(item.path)],
+                    gt_classes=classes,
+                    gt_boxes=boxes,
+                    predicted=predicted,
+                    box=list(box) if box is not None else None,
+                    iou=iou,
+                    top1_correct=predicted[0] in classes,
+                    top5_correct=bool(set(predicted) & set(classes)),
+                )
+            )
             best_rows.append(sweep.best)
             largest_rows.append(sweep.largest)
             if on_image:

@@ -34,7 +34,9 @@ CURVE_LABELS = {
 }
 
 
-def plot_curves(curves: dict[str, np.ndarray], thresholds: np.ndarray, default_tau: float | None) -> Image.Image:
+def plot_curves(
+    curves: dict[str, np.ndarray], thresholds: np.ndarray, default_tau: float | None
+) -> Image.Image:
     """Metrics against the CAM threshold τ, with the default τ marked."""
     import matplotlib
 
@@ -70,12 +72,25 @@ def gallery(model, results: list[ImageResult], options) -> Image.Image | None:
     for result in results:
         image = load_image(result.path)
         [explanation] = explain(
-            model, [image], classes=[result.gt_classes[0]], method=options.method,
-            policy=options.policy, threshold=options.threshold, largest_only=options.largest_only,
-            min_area=options.min_area, input_size=options.input_size, flip=options.flip,
+            model,
+            [image],
+            classes=[result.gt_classes[0]],
+            method=options.method,
+            policy=options.policy,
+            threshold=options.threshold,
+            largest_only=options.largest_only,
+            min_area=options.min_area,
+            input_size=options.input_size,
+            flip=options.flip,
         )
-        picture = render.overlay(image, explanation, 0, alpha=options.alpha, colormap=options.colormap,
-                                 ground_truth=result.gt_boxes)
+        picture = render.overlay(
+            image,
+            explanation,
+            0,
+            alpha=options.alpha,
+            colormap=options.colormap,
+            ground_truth=result.gt_boxes,
+        )
         picture.thumbnail((THUMBNAIL, THUMBNAIL))
         canvas = Image.new("RGB", (THUMBNAIL, THUMBNAIL), (255, 255, 255))
         canvas.paste(picture, ((THUMBNAIL - picture.width) // 2, (THUMBNAIL - picture.height) // 2))
@@ -117,26 +132,43 @@ def write_report(result: EvalResult, out: str | Path, model, options) -> dict[st
     return written
 
 
-def report_markdown(metrics: dict[str, Any], per_class: list[dict[str, Any]], result: EvalResult) -> str:
+def report_markdown(
+    metrics: dict[str, Any], per_class: list[dict[str, Any]], result: EvalResult
+) -> str:
     figures = [
         {"metric": "top-1 classification", "value": metrics["top1_cls"]},
         {"metric": "top-5 classification", "value": metrics["top5_cls"]},
         {"metric": f"top-1 loc (τ = {metrics['default_tau']:g})", "value": metrics["top1_loc"]},
-        {"metric": f"GT-known loc (τ = {metrics['default_tau']:g})", "value": metrics["gt_known_loc"]},
+        {
+            "metric": f"GT-known loc (τ = {metrics['default_tau']:g})",
+            "value": metrics["gt_known_loc"],
+        },
         {"metric": "MaxBoxAccV2 (mean of δ = 0.3, 0.5, 0.7)", "value": metrics["maxboxacc_v2"]},
-        *({"metric": f"  box accuracy δ = {d} (best τ = {metrics['maxboxacc_v2_best_tau'][d]:g})",
-           "value": v} for d, v in metrics["maxboxacc_v2_per_iou"].items()),
-        {"metric": f"top-1 loc at best τ = {metrics['best_tau']:g}", "value": metrics["top1_loc_at_best_tau"]},
-        {"metric": f"GT-known loc at best τ = {metrics['best_tau']:g}",
-         "value": metrics["gt_known_loc_at_best_tau"]},
+        *(
+            {
+                "metric": f"  box accuracy δ = {d} (best τ = {metrics['maxboxacc_v2_best_tau'][d]:g})",
+                "value": v,
+            }
+            for d, v in metrics["maxboxacc_v2_per_iou"].items()
+        ),
+        {
+            "metric": f"top-1 loc at best τ = {metrics['best_tau']:g}",
+            "value": metrics["top1_loc_at_best_tau"],
+        },
+        {
+            "metric": f"GT-known loc at best τ = {metrics['best_tau']:g}",
+            "value": metrics["gt_known_loc_at_best_tau"],
+        },
         {"metric": "mean IoU of the box", "value": metrics["mean_iou"]},
     ]
     settings = "\n".join(f"- {key}: `{value}`" for key, value in metrics["settings"].items())
-    counts = "\n".join(f"- {key.replace('_', ' ')}: {value}" for key, value in metrics["counts"].items())
+    counts = "\n".join(
+        f"- {key.replace('_', ' ')}: {value}" for key, value in metrics["counts"].items()
+    )
     problems = "\n".join(f"- {line}" for line in result.counts.errors[:50]) or "- none"
     return f"""# camloc eval
 
-{metrics['num_images']} images evaluated in {metrics['seconds']:.1f} s.
+{metrics["num_images"]} images evaluated in {metrics["seconds"]:.1f} s.
 
 {markdown_table(figures, ["metric", "value"])}
 
