@@ -195,6 +195,29 @@ def test_flip_averages_a_view_and_its_mirror():
     assert torch.allclose(both.maps[:, 0].mean((1, 2)) + bias, both.logits[:, 3], atol=1e-4)
 
 
+def test_scales_average_views_and_choose_classes_on_the_mean_logits():
+    model = camloc.load_model("resnet18", weights="random")
+    batch = torch.randn(3, 3, 128, 128, generator=torch.Generator().manual_seed(2))
+    method = get_method("cam", model)
+    out = explain_batch(method, batch, ClassSelection(topk=2), flip=False, scales=(1.0, 0.5))
+    small = torch.nn.functional.interpolate(batch, size=(64, 64), mode="bilinear", antialias=True)
+    big_view, small_view = method(batch, ClassSelection(classes=(0,))), method(small, ClassSelection())
+    mean_logits = (big_view.logits + small_view.logits) / 2
+    assert torch.allclose(out.logits, mean_logits, atol=1e-5)
+    assert torch.equal(out.classes, mean_logits.topk(2, dim=1).indices)
+    fixed = explain_batch(method, batch, ClassSelection(classes=(7,)), scales=(1.0, 0.5))
+    small_map = method(small, ClassSelection(classes=(7,))).maps
+    expected = (method(batch, ClassSelection(classes=(7,))).maps + torch.nn.functional.interpolate(
+        small_map, size=(4, 4), mode="bilinear", align_corners=False)) / 2
+    assert torch.allclose(fixed.maps, expected, atol=1e-5)
+
+
+def test_max_normalisation_drops_negative_evidence():
+    maps = torch.tensor([[[-2.0, 0.0], [1.0, 4.0]]])
+    assert camloc.normalize_maps(maps, mode="max").tolist() == [[[0.0, 0.0], [0.25, 1.0]]]
+    assert camloc.normalize_maps(maps).tolist() == [[[0.0, 1 / 3], [0.5, 1.0]]]
+
+
 def test_network_size_default_and_explicit():
     model = camloc.load_model("resnet18", weights="random")
     assert network_size(model) == (448, 448)
@@ -324,6 +347,7 @@ def test_camloc_eval_command_end_to_end(colour_model, synthetic_set, tmp_path, m
     assert metrics["gt_known_loc"] == 1.0
     assert metrics["default_tau"] == 0.3
     assert metrics["settings"]["input_size"] == [64, 64] and metrics["settings"]["flip"] is True
+    assert metrics["settings"]["scales"] == [1.0, 0.5]
     assert "gt_known_loc:" in outcome.stdout
     with Image.open(report / "curves.png") as plot:
         assert plot.size[0] > 300 and plot.getextrema() != ((255, 255),) * 3

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .boxes import DEFAULT_THRESHOLD, Box, boxes_from_map, normalize_maps
+from .boxes import NORMALIZATIONS, Box, boxes_from_map, normalize_maps
 from .errors import CamlocError, ClassError, ModelError
 from .images import Geometry, coverage_mask, load_image, maps_to_original, preprocess
 from .models import ClassifierAdapter, inference_mode
@@ -35,7 +35,9 @@ NUM_PREDICTIONS = 5
 # maps of the image and its mirror. docs/localization.md has the measurements.
 DEFAULT_INPUT_SCALE = 2.0
 DEFAULT_FLIP = True
-DEFAULT_BOX_THRESHOLD = 0.2  # τ of camloc's boxes (the paper's rule is 0.2)
+DEFAULT_BOX_THRESHOLD = 0.25  # τ of camloc's boxes (the paper's rule is 0.2 of min-max maps)
+DEFAULT_NORMALIZATION = "max"  # relu(map) / max (the paper: min-max)
+DEFAULT_SCALES = (1.0, 0.5)  # views at the input size and at half of it, maps averaged
 
 
 def network_size(model: ClassifierAdapter, input_size: int | None = None) -> tuple[int, int]:
@@ -164,21 +166,31 @@ class MirroredSelection:
         return torch.cat([chosen, chosen])
 
 
-def explain_batch(
-    method: CAMMethod, batch: torch.Tensor, selection: ClassSelection, flip: bool = False
+class CandidateSelection:
+    """The classes of a multi-scale batch: fixed classes as they are; otherwise the top
+    ``max(k, 5)`` of the first view, kept for the other views (the final choice is made on
+    the views' mean logits, among these candidates)."""
+
+    def __init__(self, selection: ClassSelection, count: int = NUM_PREDICTIONS):
+        self.selection, self.count, self.chosen = selection, count, None
+
+    def resolve(self, model: ClassifierAdapter) -> list[int] | None:
+        return self.selection.resolve(model)
+
+    def indices(self, logits: torch.Tensor, model: ClassifierAdapter) -> torch.Tensor:
+        if self.chosen is None:
+            fixed = self.selection.resolve(model) if isinstance(self.selection, ClassSelection) else None
+            if fixed is not None or not isinstance(self.selection, ClassSelection):
+                self.chosen = self.selection.indices(logits, model)
+            else:
+                wanted = max(self.count, self.selection.topk, self.selection.rank or 1)
+                self.chosen = logits.topk(min(wanted, logits.shape[1]), dim=1).indices
+        return self.chosen
+
+
+def _one_scale(
+    method: CAMMethod, batch: torch.Tensor, selection: Any, flip: bool
 ) -> MethodOutput:
-    """Run ``method`` on a batch; with ``flip``, also on its horizontal mirror, and average.
-
-    Test-time flip: one forward of ``[batch, mirrored batch]``, the classes chosen on the mean
-    logits, the mirror's maps flipped back, logits and raw maps averaged (so the mean of a
-    CAM plus the bias is still the averaged logit). Without ``flip`` it is ``method(batch)``.
-
-    >>> import torch, camloc
-    >>> model = camloc.load_model("resnet18", weights="random")
-    >>> out = explain_batch(CAMMethod(model), torch.randn(2, 3, 64, 64), ClassSelection(), flip=True)
-    >>> tuple(out.maps.shape), tuple(out.logits.shape)
-    ((2, 1, 2, 2), (2, 1000))
-    """
     if not flip:
         return method(batch, selection)
     count = batch.shape[0]
@@ -186,6 +198,53 @@ def explain_batch(
     logits = (both.logits[:count] + both.logits[count:]) / 2
     maps = (both.maps[:count] + both.maps[count:].flip(-1)) / 2
     return MethodOutput(logits, both.classes[:count], maps, both.method)
+
+
+def explain_batch(
+    method: CAMMethod,
+    batch: torch.Tensor,
+    selection: ClassSelection,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+) -> MethodOutput:
+    """Run ``method`` on a batch, with test-time flip and scales; maps and logits averaged.
+
+    ``flip``: one forward of ``[batch, mirrored batch]``, classes chosen on the mean logits,
+    the mirror's maps flipped back. ``scales``: further views of the batch resized by each
+    factor (the first scale is the batch as given); their maps are resampled to the first
+    view's feature resolution. Raw maps and logits are averaged over all views, so the mean of
+    a CAM plus the bias is still the averaged logit. ``flip=False, scales=(1,)`` is
+    ``method(batch, selection)``.
+
+    >>> import torch, camloc
+    >>> model = camloc.load_model("resnet18", weights="random")
+    >>> out = explain_batch(CAMMethod(model), torch.randn(2, 3, 64, 64), ClassSelection(),
+    ...                     flip=True, scales=(1.0, 0.5))
+    >>> tuple(out.maps.shape), tuple(out.logits.shape)
+    ((2, 1, 2, 2), (2, 1000))
+    """
+    scales = tuple(scales) or (1.0,)
+    if len(scales) == 1 and scales[0] == 1.0:
+        return _one_scale(method, batch, selection, flip)
+    candidates = CandidateSelection(selection)
+    outputs = []
+    for scale in scales:
+        size = [max(16, round(side * scale)) for side in batch.shape[-2:]]
+        view = batch if scale == 1.0 else torch.nn.functional.interpolate(
+            batch, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+        outputs.append(_one_scale(method, view, candidates, flip))
+    feature_size = outputs[0].maps.shape[-2:]
+    maps = torch.stack([
+        out.maps if out.maps.shape[-2:] == feature_size else torch.nn.functional.interpolate(
+            out.maps.float(), size=feature_size, mode="bilinear", align_corners=False)
+        for out in outputs]).mean(0)
+    logits = torch.stack([out.logits for out in outputs]).mean(0)
+    pool = outputs[0].classes  # (N, m) candidates, the same for every view
+    allowed = torch.full_like(logits, float("-inf")).scatter(1, pool, 0.0)
+    chosen = selection.indices(logits + allowed, method.model)
+    position = (pool[:, None, :] == chosen[:, :, None]).float().argmax(-1)  # (N, k)
+    picked = maps.gather(1, position[..., None, None].expand(-1, -1, *maps.shape[-2:]))
+    return MethodOutput(logits, chosen, picked, outputs[0].method)
 
 
 def get_method(name: str, model: ClassifierAdapter) -> CAMMethod:
@@ -217,7 +276,7 @@ class Explanation:
     """One image explained: predictions, maps at original resolution, boxes.
 
     ``maps`` are raw class scores per pixel (``(k, H, W)``), ``normalized`` the same maps
-    min-max scaled to [0, 1] over the pixels the network saw, ``boxes[i]`` the boxes of
+    scaled to [0, 1] over the pixels the network saw (``BoxOptions.normalization``), ``boxes[i]`` the boxes of
     class ``targets[i]`` (largest component first).
     """
 
@@ -262,8 +321,12 @@ class BoxOptions:
     threshold: float = DEFAULT_BOX_THRESHOLD
     largest_only: bool = True
     min_area: float = 0.0
+    normalization: str = DEFAULT_NORMALIZATION
 
     def __post_init__(self):
+        if self.normalization not in NORMALIZATIONS:
+            raise ClassError(f"unknown normalisation {self.normalization!r}; choose from "
+                             f"{', '.join(NORMALIZATIONS)}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ClassError(f"threshold must be in [0, 1], got {self.threshold}")
         if not 0.0 <= self.min_area < 1.0:
@@ -287,7 +350,7 @@ def finish(
     for i, geometry in enumerate(geometries):
         covered = coverage_mask(geometry, output.maps.device) if geometry.policy == "center-crop" else None
         maps = maps_to_original(output.maps[i], geometry)
-        normalized = normalize_maps(maps, covered)
+        normalized = normalize_maps(maps, covered, box_options.normalization)
         results.append(Explanation(
             geometry=geometry,
             predictions=[Prediction(c, model.class_names[c], s) for c, s in zip(top_indices[i], top_values[i], strict=True)],
@@ -335,12 +398,17 @@ def explain(
     batch_size: int = 32,
     input_size: int | None = None,
     flip: bool = DEFAULT_FLIP,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    normalization: str = DEFAULT_NORMALIZATION,
 ) -> list[Explanation]:
     """Explain images (paths, PIL images, tensors): predictions, maps, boxes.
 
     ``input_size``: the side images are resized to for the network (default: twice the
-    model's, see :func:`network_size`); ``flip``: average with the mirrored image. Plain CAM
-    as in the paper is ``method="cam", threshold=0.2, input_size=224, flip=False``.
+    model's, see :func:`network_size`); ``flip``: average with the mirrored image; ``scales``:
+    also average views resized by these factors; ``normalization``: how maps are scaled to
+    [0, 1] before the ``threshold`` (see :func:`camloc.boxes.normalize_maps`). Plain CAM as in
+    the paper is ``method="cam", threshold=0.2, input_size=224, flip=False, scales=(1,),
+    normalization="minmax"``.
 
     >>> import camloc
     >>> model = camloc.load_model()
@@ -352,7 +420,7 @@ def explain(
         images = [images]
     selection = ClassSelection(topk=topk, rank=rank, classes=tuple(classes))
     selection.resolve(model)
-    box_options = BoxOptions(threshold, largest_only, min_area)
+    box_options = BoxOptions(threshold, largest_only, min_area, normalization)
     runner = get_method(method, model)
     size = network_size(model, input_size)
     results: list[Explanation] = []
@@ -362,6 +430,6 @@ def explain(
                                     for im in chunk), strict=True)
         batch = torch.stack(tensors).to(model.device)
         sources = [str(im) if isinstance(im, (str, os.PathLike)) else None for im in chunk]
-        output = explain_batch(runner, batch, selection, flip)
+        output = explain_batch(runner, batch, selection, flip, scales)
         results.extend(finish(output, geometries, model, box_options, sources))
     return results

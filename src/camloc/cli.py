@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .cam import DEFAULT_BOX_THRESHOLD, DEFAULT_FLIP
+from .cam import DEFAULT_BOX_THRESHOLD, DEFAULT_FLIP, DEFAULT_NORMALIZATION, DEFAULT_SCALES
 from .errors import CamlocError
 
 app = typer.Typer(
@@ -52,6 +52,29 @@ InputSizeOption = Annotated[int | None, typer.Option(
     "--input-size", min=16, help="side of the image fed to the network (default: 2x the model's, 448)")]
 FlipOption = Annotated[bool, typer.Option(
     "--flip/--no-flip", help="average the maps of the image and its mirror")]
+DEFAULT_SCALES_TEXT = ",".join(f"{s:g}" for s in DEFAULT_SCALES)
+ScalesOption = Annotated[str, typer.Option(
+    "--scales", help="also average views resized by these factors of --input-size (1 = none)")]
+
+
+class Normalization(str, Enum):
+    max = "max"
+    minmax = "minmax"
+
+
+NormalizeOption = Annotated[Normalization, typer.Option(
+    "--normalize", help="maps to [0, 1] before --threshold: relu/max, or min-max (the paper)")]
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``"1,0.5"`` → ``(1.0, 0.5)``; the first scale is the input size itself."""
+    try:
+        scales = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise CamlocError(f"--scales takes factors separated by commas (e.g. 1,0.5), got {text!r}") from None
+    if not scales or any(not 0.1 <= s <= 4 for s in scales):
+        raise CamlocError(f"--scales factors must be between 0.1 and 4, got {text!r}")
+    return scales if scales[0] == 1.0 else (1.0, *[s for s in scales if s != 1.0])
 
 
 def load(model: str | None, weights: Path | None, device: str):
@@ -75,6 +98,8 @@ def run(
     threshold: Annotated[float, typer.Option("--threshold", "-t", help="box threshold, fraction of the map's range")] = DEFAULT_BOX_THRESHOLD,
     input_size: InputSizeOption = None,
     flip: FlipOption = DEFAULT_FLIP,
+    scales: ScalesOption = DEFAULT_SCALES_TEXT,
+    normalize: NormalizeOption = Normalization(DEFAULT_NORMALIZATION),
     all_components: Annotated[bool, typer.Option("--all-components", help="a box per component, not only the largest")] = False,
     min_area: Annotated[float, typer.Option("--min-area", help="with --all-components: smallest box, fraction of image")] = 0.0,
     colormap: Annotated[str, typer.Option("--colormap", help="matplotlib colormap")] = "jet",
@@ -98,6 +123,7 @@ def run(
         colormap=colormap, alpha=alpha, image_format=image_format.value, panels=panels, grid=grid,
         save_maps=save_maps, batch_size=batch_size, workers=workers, resume=resume,
         max_pixels=max_pixels, input_size=input_size, flip=flip,
+        scales=parse_scales(scales), normalization=normalize.value,
     )
     from .render import colormap_lut
 
@@ -138,6 +164,8 @@ def evaluate(
     threshold: Annotated[float, typer.Option("--threshold", "-t", help="box threshold τ, fraction of the map's range")] = DEFAULT_BOX_THRESHOLD,
     input_size: InputSizeOption = None,
     flip: FlipOption = DEFAULT_FLIP,
+    scales: ScalesOption = DEFAULT_SCALES_TEXT,
+    normalize: NormalizeOption = Normalization(DEFAULT_NORMALIZATION),
     all_components: Annotated[bool, typer.Option("--all-components", help="a box per component, not only the largest")] = False,
     min_area: Annotated[float, typer.Option("--min-area", help="with --all-components: smallest box, fraction of image")] = 0.0,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 16,
@@ -152,6 +180,7 @@ def evaluate(
         out=out or "camloc-eval", method=method, policy=policy.value, threshold=threshold,
         largest_only=not all_components, min_area=min_area, batch_size=batch_size, workers=workers,
         input_size=input_size, flip=flip,
+        scales=parse_scales(scales), normalization=normalize.value,
     )
     options.box_options()  # bad thresholds fail before the model loads
     if not images.is_dir():

@@ -514,7 +514,9 @@ def evaluate(
             continue
         gt = torch.tensor([targets[Path(item.path)][0][:1] for item in good])
         batch = torch.stack([item.tensor for item in good]).to(model.device)
-        output = explain_batch(method, batch, GroundTruthSelection(gt), flip=options.flip)
+        output = explain_batch(
+            method, batch, GroundTruthSelection(gt), flip=options.flip, scales=options.scales
+        )
         top5 = output.logits.topk(min(5, output.logits.shape[1]), dim=1).indices.cpu().tolist()
         explained = finish(output, [item.geometry for item in good], model, box_options)
         for item, explanation, predicted in zip(good, explained, top5, strict=True):
@@ -563,6 +565,8 @@ def settings_of(model: ClassifierAdapter, options: Any) -> dict[str, Any]:
         "policy": options.policy,
         "input_size": list(size),
         "flip": bool(options.flip),
+        "scales": [float(s) for s in options.scales],
+        "normalization": options.normalization,
         "threshold": float(options.threshold),
         "box": "largest component" if options.largest_only else "all components",
         "iou_thresholds": list(IOU_THRESHOLDS),

@@ -82,6 +82,8 @@ def gallery(model, results: list[ImageResult], options) -> Image.Image | None:
             min_area=options.min_area,
             input_size=options.input_size,
             flip=options.flip,
+            scales=options.scales,
+            normalization=options.normalization,
         )
         picture = render.overlay(
             image,

@@ -35,6 +35,8 @@ from . import render
 from .cam import (
     DEFAULT_BOX_THRESHOLD,
     DEFAULT_FLIP,
+    DEFAULT_NORMALIZATION,
+    DEFAULT_SCALES,
     BoxOptions,
     ClassSelection,
     Explanation,
@@ -76,6 +78,8 @@ class RunOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     input_size: int | None = None  # network input side; None: DEFAULT_INPUT_SCALE x the model's
     flip: bool = DEFAULT_FLIP  # test-time horizontal flip, maps and logits averaged
+    scales: tuple[float, ...] = DEFAULT_SCALES  # test-time views resized by these factors
+    normalization: str = DEFAULT_NORMALIZATION  # maps to [0, 1]: "max" or "minmax" (paper)
 
     def network_size(self, model: ClassifierAdapter) -> tuple[int, int]:
         """The ``(height, width)`` images are resized to for the network."""
@@ -85,7 +89,7 @@ class RunOptions:
         return ClassSelection(topk=self.topk, rank=self.rank, classes=tuple(self.classes))
 
     def box_options(self) -> BoxOptions:
-        return BoxOptions(self.threshold, self.largest_only, self.min_area)
+        return BoxOptions(self.threshold, self.largest_only, self.min_area, self.normalization)
 
 
 @dataclass
@@ -307,7 +311,7 @@ def run(
             explanations: dict[int, Explanation] = {}
             if good:
                 batch = torch.stack([item.tensor for item in good]).to(model.device, non_blocking=True)
-                output = explain_batch(method, batch, selection, options.flip)
+                output = explain_batch(method, batch, selection, options.flip, options.scales)
                 geometries = [item.geometry for item in good]
                 for item, explanation in zip(good, finish(output, geometries, model, box_options,
                                                           [item.path for item in good]), strict=True):
