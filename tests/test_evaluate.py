@@ -201,14 +201,21 @@ def test_scales_average_views_and_choose_classes_on_the_mean_logits():
     method = get_method("cam", model)
     out = explain_batch(method, batch, ClassSelection(topk=2), flip=False, scales=(1.0, 0.5))
     small = torch.nn.functional.interpolate(batch, size=(64, 64), mode="bilinear", antialias=True)
-    big_view, small_view = method(batch, ClassSelection(classes=(0,))), method(small, ClassSelection())
+    big_view, small_view = (
+        method(batch, ClassSelection(classes=(0,))),
+        method(small, ClassSelection()),
+    )
     mean_logits = (big_view.logits + small_view.logits) / 2
     assert torch.allclose(out.logits, mean_logits, atol=1e-5)
     assert torch.equal(out.classes, mean_logits.topk(2, dim=1).indices)
     fixed = explain_batch(method, batch, ClassSelection(classes=(7,)), scales=(1.0, 0.5))
     small_map = method(small, ClassSelection(classes=(7,))).maps
-    expected = (method(batch, ClassSelection(classes=(7,))).maps + torch.nn.functional.interpolate(
-        small_map, size=(4, 4), mode="bilinear", align_corners=False)) / 2
+    expected = (
+        method(batch, ClassSelection(classes=(7,))).maps
+        + torch.nn.functional.interpolate(
+            small_map, size=(4, 4), mode="bilinear", align_corners=False
+        )
+    ) / 2
     assert torch.allclose(fixed.maps, expected, atol=1e-5)
 
 

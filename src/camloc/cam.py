@@ -179,8 +179,8 @@ class CandidateSelection:
 
     def indices(self, logits: torch.Tensor, model: ClassifierAdapter) -> torch.Tensor:
         if self.chosen is None:
-            fixed = self.selection.resolve(model) if isinstance(self.selection, ClassSelection) else None
-            if fixed is not None or not isinstance(self.selection, ClassSelection):
+            plain = isinstance(self.selection, ClassSelection)
+            if not plain or self.selection.resolve(model) is not None:
                 self.chosen = self.selection.indices(logits, model)
             else:
                 wanted = max(self.count, self.selection.topk, self.selection.rank or 1)
@@ -276,7 +276,8 @@ class Explanation:
     """One image explained: predictions, maps at original resolution, boxes.
 
     ``maps`` are raw class scores per pixel (``(k, H, W)``), ``normalized`` the same maps
-    scaled to [0, 1] over the pixels the network saw (``BoxOptions.normalization``), ``boxes[i]`` the boxes of
+    scaled to [0, 1] over the pixels the network saw (``BoxOptions.normalization``),
+    ``boxes[i]`` the boxes of
     class ``targets[i]`` (largest component first).
     """
 

@@ -49,7 +49,10 @@ WeightsOption = Annotated[Path | None, typer.Option(
     "--weights", help="local weights file for a named model ('random' for untrained weights)")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")]
 InputSizeOption = Annotated[int | None, typer.Option(
-    "--input-size", min=16, help="side of the image fed to the network (default: 2x the model's, 448)")]
+    "--input-size", min=16,
+    help="side of the image fed to the network (default: 2x the model's, 448)")]
+ThresholdOption = Annotated[float, typer.Option(
+    "--threshold", "-t", help="box threshold τ, fraction of the normalised map")]
 FlipOption = Annotated[bool, typer.Option(
     "--flip/--no-flip", help="average the maps of the image and its mirror")]
 DEFAULT_SCALES_TEXT = ",".join(f"{s:g}" for s in DEFAULT_SCALES)
@@ -71,7 +74,8 @@ def parse_scales(text: str) -> tuple[float, ...]:
     try:
         scales = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise CamlocError(f"--scales takes factors separated by commas (e.g. 1,0.5), got {text!r}") from None
+        raise CamlocError(
+            f"--scales takes factors separated by commas (e.g. 1,0.5), got {text!r}") from None
     if not scales or any(not 0.1 <= s <= 4 for s in scales):
         raise CamlocError(f"--scales factors must be between 0.1 and 4, got {text!r}")
     return scales if scales[0] == 1.0 else (1.0, *[s for s in scales if s != 1.0])
@@ -95,7 +99,7 @@ def run(
         "--class", "-c", help="explain this class (name or index); repeatable")] = None,
     method: Annotated[str, typer.Option("--method", help="auto or cam")] = "auto",
     policy: Annotated[Policy, typer.Option("--policy", help="how images are resized for the network")] = Policy.squash,
-    threshold: Annotated[float, typer.Option("--threshold", "-t", help="box threshold, fraction of the map's range")] = DEFAULT_BOX_THRESHOLD,
+    threshold: ThresholdOption = DEFAULT_BOX_THRESHOLD,
     input_size: InputSizeOption = None,
     flip: FlipOption = DEFAULT_FLIP,
     scales: ScalesOption = DEFAULT_SCALES_TEXT,
@@ -152,16 +156,17 @@ def run(
 
 @app.command("eval")
 def evaluate(
-    images: Annotated[Path, typer.Option("--images", help="folder of images (searched recursively)")],
-    boxes: Annotated[Path, typer.Option(
-        "--boxes", help="ground truth: CSV (image,label,xmin,ymin,xmax,ymax), VOC XML folder or COCO JSON")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="write the report (plot, gallery, report.md) here")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="write the metrics as JSON here")] = None,
+    images: Annotated[Path, typer.Option("--images", help="folder of images (recursive)")],
+    boxes: Annotated[Path, typer.Option("--boxes", help="ground truth: CSV "
+                                        "(image,label,xmin,ymin,xmax,ymax), VOC XML folder or COCO JSON")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="write the report (plot, gallery, report.md) here")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the metrics here")] = None,
     model: ModelOption = None,
     weights: WeightsOption = None,
     method: Annotated[str, typer.Option("--method", help="auto or cam")] = "auto",
     policy: Annotated[Policy, typer.Option("--policy", help="how images are resized for the network")] = Policy.squash,
-    threshold: Annotated[float, typer.Option("--threshold", "-t", help="box threshold τ, fraction of the map's range")] = DEFAULT_BOX_THRESHOLD,
+    threshold: ThresholdOption = DEFAULT_BOX_THRESHOLD,
     input_size: InputSizeOption = None,
     flip: FlipOption = DEFAULT_FLIP,
     scales: ScalesOption = DEFAULT_SCALES_TEXT,
@@ -187,7 +192,8 @@ def evaluate(
         fail(f"--images {images}: not a folder")
     adapter = load(model, weights, device)
     progress = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=err, disable=not err.is_terminal, transient=True)
+                        TimeRemainingColumn(), console=err, disable=not err.is_terminal,
+                        transient=True)
     task = progress.add_task("eval", total=None)
 
     def on_start(total: int) -> None:
@@ -226,8 +232,8 @@ def print_metrics(metrics: dict) -> None:
                         for d, v in metrics["maxboxacc_v2_per_iou"].items())
     print(f"  per IoU:     {per_iou}")
     print(f"default τ:     {metrics['default_tau']:g}")
-    print(f"best τ:        {metrics['best_tau']:g} (top1_loc {metrics['top1_loc_at_best_tau']:.4f}, "
-          f"gt_known_loc {metrics['gt_known_loc_at_best_tau']:.4f})")
+    print(f"best τ:        {metrics['best_tau']:g} "
+          f"(top1_loc {metrics['top1_loc_at_best_tau']:.4f}, gt_known_loc {metrics['gt_known_loc_at_best_tau']:.4f})")
 
 
 @app.command()

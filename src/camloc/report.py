@@ -148,7 +148,7 @@ def report_markdown(
         {"metric": "MaxBoxAccV2 (mean of δ = 0.3, 0.5, 0.7)", "value": metrics["maxboxacc_v2"]},
         *(
             {
-                "metric": f"  box accuracy δ = {d} (best τ = {metrics['maxboxacc_v2_best_tau'][d]:g})",
+                "metric": f"  box accuracy δ = {d} (τ = {metrics['maxboxacc_v2_best_tau'][d]:g})",
                 "value": v,
             }
             for d, v in metrics["maxboxacc_v2_per_iou"].items()

@@ -180,8 +180,8 @@ class Item:
 class ImageDataset(Dataset):
     """Loads and preprocesses one image per item; failures become an ``Item`` with an error."""
 
-    def __init__(self, paths: Sequence[Path], model: ClassifierAdapter, policy: str, max_pixels: int,
-                 input_size: tuple[int, int] | None = None):
+    def __init__(self, paths: Sequence[Path], model: ClassifierAdapter, policy: str,
+                 max_pixels: int, input_size: tuple[int, int] | None = None):
         self.paths, self.policy, self.max_pixels = list(paths), policy, max_pixels
         self.input_size, self.mean, self.std = input_size or model.input_size, model.mean, model.std
 
@@ -206,7 +206,8 @@ def _keep_items(items: list[Item]) -> list[Item]:
 
 
 def batches(paths: Sequence[Path], model: ClassifierAdapter, options: RunOptions) -> Iterator[list[Item]]:
-    dataset = ImageDataset(paths, model, options.policy, options.max_pixels, options.network_size(model))
+    dataset = ImageDataset(paths, model, options.policy, options.max_pixels,
+                           options.network_size(model))
     loader = DataLoader(dataset, batch_size=options.batch_size, num_workers=options.workers,
                         collate_fn=_keep_items, prefetch_factor=2 if options.workers else None,
                         persistent_workers=False)
