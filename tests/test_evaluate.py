@@ -217,6 +217,8 @@ def test_scales_average_views_and_choose_classes_on_the_mean_logits():
         )
     ) / 2
     assert torch.allclose(fixed.maps, expected, atol=1e-5)
+    finer = explain_batch(method, batch, ClassSelection(classes=(7,)), scales=(1.0, 2.0))
+    assert tuple(finer.maps.shape) == (3, 1, 8, 8)  # the 256-pixel view's grid
 
 
 def test_max_normalisation_drops_negative_evidence():
@@ -227,8 +229,8 @@ def test_max_normalisation_drops_negative_evidence():
 
 def test_network_size_default_and_explicit():
     model = camloc.load_model("resnet18", weights="random")
-    assert network_size(model) == (448, 448)
-    assert network_size(model, 224) == (224, 224)
+    assert network_size(model) == (224, 224)
+    assert network_size(model, 320) == (320, 320)
 
 
 # --------------------------------------------------------------------------- end to end
@@ -356,13 +358,15 @@ def test_camloc_eval_command_end_to_end(colour_model, synthetic_set, tmp_path, m
     assert metrics["gt_known_loc"] == 1.0
     assert metrics["default_tau"] == 0.3
     assert metrics["settings"]["input_size"] == [64, 64] and metrics["settings"]["flip"] is True
-    assert metrics["settings"]["scales"] == [1.0, 0.5]
+    assert metrics["settings"]["scales"] == [1.0, 2.0]
     assert "gt_known_loc:" in outcome.stdout
     with Image.open(report / "curves.png") as plot:
         assert plot.size[0] > 300 and plot.getextrema() != ((255, 255),) * 3
-    with Image.open(report / "gallery_best.png") as gallery:
+    with Image.open(report / "gallery_worst.png") as gallery:
         colours = np.asarray(gallery.convert("RGB")).reshape(-1, 3)
-        assert ((colours == (0, 255, 0)).all(1)).any()  # ground-truth boxes drawn in green
+    green = (colours == (0, 255, 0)).all(1).any()  # ground-truth boxes drawn in green...
+    exact = metrics["mean_iou"] > 0.85  # ...unless camloc's white box (nearly) covers them
+    assert green or exact
     text = (report / "report.md").read_text()
     assert "MaxBoxAccV2" in text and "| red |" in text and "broken.png" in text
 

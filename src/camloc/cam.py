@@ -30,28 +30,32 @@ from .images import Geometry, coverage_mask, load_image, maps_to_original, prepr
 from .models import ClassifierAdapter, inference_mode
 
 NUM_PREDICTIONS = 5
-# camloc's default localization feeds the network a larger image than it was trained on
-# (finer feature maps: 14x14 instead of 7x7 for EfficientNet-Lite0) and averages the
-# maps of the image and its mirror. docs/localization.md has the measurements.
-DEFAULT_INPUT_SCALE = 2.0
+# camloc's default localization averages the maps of four views: the image at the model's
+# own size, a 2x larger view (finer feature maps: 14x14 instead of 7x7 for EfficientNet-Lite0)
+# and the mirror of each; boxes at 0.25 of the min-max normalised map.
+# docs/localization.md has the measurements.
+DEFAULT_INPUT_SCALE = 1.0  # network input side = this x the model's own size
 DEFAULT_FLIP = True
-DEFAULT_BOX_THRESHOLD = 0.25  # τ of camloc's boxes (the paper's rule is 0.2 of min-max maps)
-DEFAULT_NORMALIZATION = "max"  # relu(map) / max (the paper: min-max)
-DEFAULT_SCALES = (1.0, 0.5)  # views at the input size and at half of it, maps averaged
+DEFAULT_BOX_THRESHOLD = 0.25  # τ of camloc's boxes (the paper's rule is 0.2)
+DEFAULT_NORMALIZATION = "minmax"  # as the paper; "max" (relu / max) is the alternative
+DEFAULT_SCALES = (1.0, 2.0)  # views at the input size and at twice it, maps averaged
 
 
 def network_size(model: ClassifierAdapter, input_size: int | None = None) -> tuple[int, int]:
     """The ``(height, width)`` fed to the network: ``input_size`` squared, or by default the
-    model's own size times :data:`DEFAULT_INPUT_SCALE`, rounded to a multiple of 32.
+    model's own size times :data:`DEFAULT_INPUT_SCALE` (rounded to a multiple of 32 when
+    that is not 1).
 
     >>> import camloc
-    >>> network_size(camloc.load_model("resnet18", weights="random")), network_size(None, 224)
-    ((448, 448), (224, 224))
+    >>> network_size(camloc.load_model("resnet18", weights="random")), network_size(None, 320)
+    ((224, 224), (320, 320))
     """
     if input_size is not None:
         if input_size < 16:
             raise CamlocError(f"--input-size must be at least 16 pixels, got {input_size}")
         return (int(input_size), int(input_size))
+    if DEFAULT_INPUT_SCALE == 1.0:
+        return tuple(model.input_size)
     return tuple(max(32, round(side * DEFAULT_INPUT_SCALE / 32) * 32) for side in model.input_size)
 
 
@@ -211,8 +215,8 @@ def explain_batch(
 
     ``flip``: one forward of ``[batch, mirrored batch]``, classes chosen on the mean logits,
     the mirror's maps flipped back. ``scales``: further views of the batch resized by each
-    factor (the first scale is the batch as given); their maps are resampled to the first
-    view's feature resolution. Raw maps and logits are averaged over all views, so the mean of
+    factor (the first scale is the batch as given); their maps are resampled to the finest
+    view's feature grid. Raw maps and logits are averaged over all views, so the mean of
     a CAM plus the bias is still the averaged logit. ``flip=False, scales=(1,)`` is
     ``method(batch, selection)``.
 
@@ -233,7 +237,7 @@ def explain_batch(
         view = batch if scale == 1.0 else torch.nn.functional.interpolate(
             batch, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
         outputs.append(_one_scale(method, view, candidates, flip))
-    feature_size = outputs[0].maps.shape[-2:]
+    feature_size = max((out.maps.shape[-2:] for out in outputs), key=lambda size: size.numel())
     maps = torch.stack([
         out.maps if out.maps.shape[-2:] == feature_size else torch.nn.functional.interpolate(
             out.maps.float(), size=feature_size, mode="bilinear", align_corners=False)
@@ -404,8 +408,8 @@ def explain(
 ) -> list[Explanation]:
     """Explain images (paths, PIL images, tensors): predictions, maps, boxes.
 
-    ``input_size``: the side images are resized to for the network (default: twice the
-    model's, see :func:`network_size`); ``flip``: average with the mirrored image; ``scales``:
+    ``input_size``: the side images are resized to for the network (default: the model's,
+    see :func:`network_size`); ``flip``: average with the mirrored image; ``scales``:
     also average views resized by these factors; ``normalization``: how maps are scaled to
     [0, 1] before the ``threshold`` (see :func:`camloc.boxes.normalize_maps`). Plain CAM as in
     the paper is ``method="cam", threshold=0.2, input_size=224, flip=False, scales=(1,),

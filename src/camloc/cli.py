@@ -50,7 +50,7 @@ WeightsOption = Annotated[Path | None, typer.Option(
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")]
 InputSizeOption = Annotated[int | None, typer.Option(
     "--input-size", min=16,
-    help="side of the image fed to the network (default: 2x the model's, 448)")]
+    help="side of the image fed to the network (default: the model's, 224)")]
 ThresholdOption = Annotated[float, typer.Option(
     "--threshold", "-t", help="box threshold τ, fraction of the normalised map")]
 FlipOption = Annotated[bool, typer.Option(

@@ -98,7 +98,7 @@ def gallery(model, results: list[ImageResult], options) -> Image.Image | None:
         canvas.paste(picture, ((THUMBNAIL - picture.width) // 2, (THUMBNAIL - picture.height) // 2))
         verdict = "right" if result.top1_correct else "wrong"
         tiles.append(render.titled(canvas, f"IoU {result.iou:.2f} · top-1 {verdict}", 13))
-    return render.tile(tiles, columns=4) if tiles else None
+    return render.tile(tiles, columns=min(4, len(tiles))) if tiles else None
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
