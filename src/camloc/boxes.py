@@ -24,21 +24,36 @@ Threshold = float | str
 THRESHOLD_RULES = ("otsu", "otsu2", "mean")
 
 
-def normalize_maps(maps: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Min-max normalise each ``(..., H, W)`` map to [0, 1] over the pixels in ``mask``.
+NORMALIZATIONS = ("minmax", "max")
 
+
+def normalize_maps(
+    maps: torch.Tensor, mask: torch.Tensor | None = None, mode: str = "minmax"
+) -> torch.Tensor:
+    """Normalise each ``(..., H, W)`` map to [0, 1] over the pixels in ``mask``.
+
+    ``"minmax"``: ``(map - min) / (max - min)``; ``"max"``: negative scores (evidence against
+    the class) become 0 and the rest is divided by the maximum, ``relu(map) / max``.
     Pixels outside the mask (not seen by the network) become 0. A flat map becomes all 0.
 
     >>> normalize_maps(torch.tensor([[[1.0, 3.0], [2.0, 5.0]]])).tolist()
     [[[0.0, 0.5], [0.25, 1.0]]]
+    >>> normalize_maps(torch.tensor([[[-1.0, 1.0], [2.0, 4.0]]]), mode="max").tolist()
+    [[[0.0, 0.25], [0.5, 1.0]]]
     """
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalisation {mode!r}; choose from {', '.join(NORMALIZATIONS)}")
     flat = maps.flatten(-2)
+    if mode == "max":
+        flat = flat.clamp_min(0)
     if mask is not None:
         valid = mask.flatten().to(maps.device)
         low = flat.masked_fill(~valid, float("inf")).amin(-1, keepdim=True)
         high = flat.masked_fill(~valid, float("-inf")).amax(-1, keepdim=True)
     else:
         low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+    if mode == "max":
+        low = torch.zeros_like(low)
     span = (high - low).clamp_min(1e-12)
     normalized = ((flat - low) / span).clamp_(0, 1)
     if mask is not None:

@@ -27,17 +27,45 @@ from torch import nn
 
 from .boxes import (
     DEFAULT_THRESHOLD,
+    NORMALIZATIONS,
     Box,
     Threshold,
     boxes_from_map,
     normalize_maps,
     parse_threshold,
 )
-from .errors import ClassError, ModelError
+from .errors import CamlocError, ClassError, ModelError
 from .images import Geometry, coverage_mask, load_image, maps_to_original_batch, preprocess
 from .models import ClassifierAdapter, inference_mode
 
 NUM_PREDICTIONS = 5
+# camloc's default localization averages the maps of four views: the image at the model's
+# own size, a 2x larger view (finer feature maps: 14x14 instead of 7x7 for EfficientNet-Lite0)
+# and the mirror of each; boxes at 0.25 of the min-max normalised map.
+# docs/localization.md has the measurements.
+DEFAULT_INPUT_SCALE = 1.0  # network input side = this x the model's own size
+DEFAULT_FLIP = False  # --flip: measured to add nothing on the dev set
+DEFAULT_BOX_THRESHOLD = 0.25  # τ of camloc's boxes (the paper's rule is 0.2)
+DEFAULT_NORMALIZATION = "minmax"  # as the paper; "max" (relu / max) is the alternative
+DEFAULT_SCALES = (1.0,)  # --scales 1,2: +2 points MaxBoxAccV2 on the dev set for 5x the network work
+
+
+def network_size(model: ClassifierAdapter, input_size: int | None = None) -> tuple[int, int]:
+    """The ``(height, width)`` fed to the network: ``input_size`` squared, or by default the
+    model's own size times :data:`DEFAULT_INPUT_SCALE` (rounded to a multiple of 32 when
+    that is not 1).
+
+    >>> import camloc
+    >>> network_size(camloc.load_model("resnet18", weights="random")), network_size(None, 320)
+    ((224, 224), (320, 320))
+    """
+    if input_size is not None:
+        if input_size < 16:
+            raise CamlocError(f"--input-size must be at least 16 pixels, got {input_size}")
+        return (int(input_size), int(input_size))
+    if DEFAULT_INPUT_SCALE == 1.0:
+        return tuple(model.input_size)
+    return tuple(max(32, round(side * DEFAULT_INPUT_SCALE / 32) * 32) for side in model.input_size)
 
 
 # --------------------------------------------------------------------------- choosing classes
@@ -190,6 +218,103 @@ def class_maps(model: ClassifierAdapter, features: torch.Tensor, classes: torch.
 METHODS: dict[str, type[CAMMethod]] = {"cam": CAMMethod}
 
 
+class MirroredSelection:
+    """The classes of a batch stacked with its mirror: chosen once on the two views' mean
+    logits, the same for an image and its mirror."""
+
+    def __init__(self, selection: ClassSelection):
+        self.selection = selection
+
+    def resolve(self, model: ClassifierAdapter) -> list[int] | None:
+        return self.selection.resolve(model)
+
+    def indices(self, logits: torch.Tensor, model: ClassifierAdapter) -> torch.Tensor:
+        half = logits.shape[0] // 2
+        chosen = self.selection.indices((logits[:half] + logits[half:]) / 2, model)
+        return torch.cat([chosen, chosen])
+
+
+class CandidateSelection:
+    """The classes of a multi-scale batch: fixed classes as they are; otherwise the top
+    ``max(k, 5)`` of the first view, kept for the other views (the final choice is made on
+    the views' mean logits, among these candidates)."""
+
+    def __init__(self, selection: ClassSelection, count: int = NUM_PREDICTIONS):
+        self.selection, self.count, self.chosen = selection, count, None
+
+    def resolve(self, model: ClassifierAdapter) -> list[int] | None:
+        return self.selection.resolve(model)
+
+    def indices(self, logits: torch.Tensor, model: ClassifierAdapter) -> torch.Tensor:
+        if self.chosen is None:
+            plain = isinstance(self.selection, ClassSelection)
+            if not plain or self.selection.resolve(model) is not None:
+                self.chosen = self.selection.indices(logits, model)
+            else:
+                wanted = max(self.count, self.selection.topk, self.selection.rank or 1)
+                self.chosen = logits.topk(min(wanted, logits.shape[1]), dim=1).indices
+        return self.chosen
+
+
+def _one_scale(
+    method: CAMMethod, batch: torch.Tensor, selection: Any, flip: bool
+) -> MethodOutput:
+    if not flip:
+        return method(batch, selection)
+    count = batch.shape[0]
+    both = method(torch.cat([batch, batch.flip(-1)]), MirroredSelection(selection))
+    logits = (both.logits[:count] + both.logits[count:]) / 2
+    maps = (both.maps[:count] + both.maps[count:].flip(-1)) / 2
+    return MethodOutput(logits, both.classes[:count], maps, both.method)
+
+
+def explain_batch(
+    method: CAMMethod,
+    batch: torch.Tensor,
+    selection: ClassSelection,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+) -> MethodOutput:
+    """Run ``method`` on a batch, with test-time flip and scales; maps and logits averaged.
+
+    ``flip``: one forward of ``[batch, mirrored batch]``, classes chosen on the mean logits,
+    the mirror's maps flipped back. ``scales``: further views of the batch resized by each
+    factor (the first scale is the batch as given); their maps are resampled to the finest
+    view's feature grid. Raw maps and logits are averaged over all views, so the mean of
+    a CAM plus the bias is still the averaged logit. ``flip=False, scales=(1,)`` is
+    ``method(batch, selection)``.
+
+    >>> import torch, camloc
+    >>> model = camloc.load_model("resnet18", weights="random")
+    >>> out = explain_batch(CAMMethod(model), torch.randn(2, 3, 64, 64), ClassSelection(),
+    ...                     flip=True, scales=(1.0, 0.5))
+    >>> tuple(out.maps.shape), tuple(out.logits.shape)
+    ((2, 1, 2, 2), (2, 1000))
+    """
+    scales = tuple(scales) or (1.0,)
+    if len(scales) == 1 and scales[0] == 1.0:
+        return _one_scale(method, batch, selection, flip)
+    candidates = CandidateSelection(selection)
+    outputs = []
+    for scale in scales:
+        size = [max(16, round(side * scale)) for side in batch.shape[-2:]]
+        view = batch if scale == 1.0 else torch.nn.functional.interpolate(
+            batch, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+        outputs.append(_one_scale(method, view, candidates, flip))
+    feature_size = max((out.maps.shape[-2:] for out in outputs), key=lambda size: size.numel())
+    maps = torch.stack([
+        out.maps if out.maps.shape[-2:] == feature_size else torch.nn.functional.interpolate(
+            out.maps.float(), size=feature_size, mode="bilinear", align_corners=False)
+        for out in outputs]).mean(0)
+    logits = torch.stack([out.logits for out in outputs]).mean(0)
+    pool = outputs[0].classes  # (N, m) candidates, the same for every view
+    allowed = torch.full_like(logits, float("-inf")).scatter(1, pool, 0.0)
+    chosen = selection.indices(logits + allowed, method.model)
+    position = (pool[:, None, :] == chosen[:, :, None]).float().argmax(-1)  # (N, k)
+    picked = maps.gather(1, position[..., None, None].expand(-1, -1, *maps.shape[-2:]))
+    return MethodOutput(logits, chosen, picked, outputs[0].method)
+
+
 def get_method(name: str, model: ClassifierAdapter, layer: str | None = None) -> CAMMethod:
     """The method called ``name`` (``"auto"``: exact CAM when the head allows it), on ``layer``
     (``None``: the method's default layer)."""
@@ -221,7 +346,8 @@ class Explanation:
     """One image explained: predictions, maps at original resolution, boxes.
 
     ``maps`` are raw class scores per pixel (``(k, H, W)``), ``normalized`` the same maps
-    min-max scaled to [0, 1] over the pixels the network saw, ``boxes[i]`` the boxes of
+    scaled to [0, 1] over the pixels the network saw (``BoxOptions.normalization``),
+    ``boxes[i]`` the boxes of
     class ``targets[i]`` (largest component first).
     """
 
@@ -264,15 +390,19 @@ class BoxOptions:
     component (or all components of at least ``min_area`` of the image). ``threshold`` is a
     fraction, or a rule adapting to each map (``"otsu"``, ``"otsu2"``, ``"mean"``)."""
 
-    threshold: Threshold = DEFAULT_THRESHOLD
+    threshold: Threshold = DEFAULT_BOX_THRESHOLD
     largest_only: bool = True
     min_area: float = 0.0
+    normalization: str = DEFAULT_NORMALIZATION
 
     def __post_init__(self):
         try:
             object.__setattr__(self, "threshold", parse_threshold(self.threshold))
         except ValueError as error:
             raise ClassError(str(error)) from None
+        if self.normalization not in NORMALIZATIONS:
+            raise ClassError(f"unknown normalisation {self.normalization!r}; choose from "
+                             f"{', '.join(NORMALIZATIONS)}")
         if not 0.0 <= self.min_area < 1.0:
             raise ClassError(f"min area must be a fraction of the image in [0, 1), got {self.min_area}")
 
@@ -295,7 +425,7 @@ def finish(
     for i, geometry in enumerate(geometries):
         covered = coverage_mask(geometry, output.maps.device) if geometry.policy == "center-crop" else None
         maps = resampled[i]
-        normalized = normalize_maps(maps, covered)
+        normalized = normalize_maps(maps, covered, box_options.normalization)
         results.append(Explanation(
             geometry=geometry,
             predictions=[Prediction(c, model.class_names[c], s) for c, s in zip(top_indices[i], top_values[i], strict=True)],
@@ -338,12 +468,23 @@ def explain(
     method: str = "auto",
     layer: str | None = None,
     policy: str = "squash",
-    threshold: Threshold = DEFAULT_THRESHOLD,
+    threshold: Threshold = DEFAULT_BOX_THRESHOLD,
     largest_only: bool = True,
     min_area: float = 0.0,
     batch_size: int = 32,
+    input_size: int | None = None,
+    flip: bool = DEFAULT_FLIP,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    normalization: str = DEFAULT_NORMALIZATION,
 ) -> list[Explanation]:
     """Explain images (paths, PIL images, tensors): predictions, maps, boxes.
+
+    ``input_size``: the side images are resized to for the network (default: the model's,
+    see :func:`network_size`); ``flip``: average with the mirrored image; ``scales``:
+    also average views resized by these factors; ``normalization``: how maps are scaled to
+    [0, 1] before the ``threshold`` (see :func:`camloc.boxes.normalize_maps`). Plain CAM as in
+    the paper is ``method="cam", threshold=0.2, input_size=224, flip=False, scales=(1,),
+    normalization="minmax"``.
 
     >>> import camloc
     >>> model = camloc.load_model()
@@ -355,14 +496,16 @@ def explain(
         images = [images]
     selection = ClassSelection(topk=topk, rank=rank, classes=tuple(classes))
     selection.resolve(model)
-    box_options = BoxOptions(threshold, largest_only, min_area)
+    box_options = BoxOptions(threshold, largest_only, min_area, normalization)
     runner = get_method(method, model, layer=layer)
+    size = network_size(model, input_size)
     results: list[Explanation] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        tensors, geometries = zip(*(preprocess(as_pil(im), model.input_size, policy, model.mean, model.std)
+        tensors, geometries = zip(*(preprocess(as_pil(im), size, policy, model.mean, model.std)
                                     for im in chunk), strict=True)
         batch = torch.stack(tensors).to(model.device)
         sources = [str(im) if isinstance(im, (str, os.PathLike)) else None for im in chunk]
-        results.extend(finish(runner(batch, selection), geometries, model, box_options, sources))
+        output = explain_batch(runner, batch, selection, flip, scales)
+        results.extend(finish(output, geometries, model, box_options, sources))
     return results

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .cam import DEFAULT_BOX_THRESHOLD, DEFAULT_FLIP, DEFAULT_NORMALIZATION, DEFAULT_SCALES
 from .errors import CamlocError
 
 app = typer.Typer(
@@ -58,6 +59,37 @@ PreprocessOption = Annotated[str | None, typer.Option(
     "--preprocess", help="input convention of a .keras/.onnx model: caffe, tf, torch or none "
     "(default: the file's metadata, else the Keras application's, else none for Keras, "
     "torch for ONNX)")]
+InputSizeOption = Annotated[int | None, typer.Option(
+    "--input-size", min=16,
+    help="side of the image fed to the network (default: the model's, 224)")]
+ThresholdOption = Annotated[float, typer.Option(
+    "--threshold", "-t", help="box threshold τ, fraction of the normalised map")]
+FlipOption = Annotated[bool, typer.Option(
+    "--flip/--no-flip", help="average the maps of the image and its mirror")]
+DEFAULT_SCALES_TEXT = ",".join(f"{s:g}" for s in DEFAULT_SCALES)
+ScalesOption = Annotated[str, typer.Option(
+    "--scales", help="also average views resized by these factors of --input-size (1 = none)")]
+
+
+class Normalization(str, Enum):
+    max = "max"
+    minmax = "minmax"
+
+
+NormalizeOption = Annotated[Normalization, typer.Option(
+    "--normalize", help="maps to [0, 1] before --threshold: relu/max, or min-max (the paper)")]
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``"1,0.5"`` → ``(1.0, 0.5)``; the first scale is the input size itself."""
+    try:
+        scales = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise CamlocError(
+            f"--scales takes factors separated by commas (e.g. 1,0.5), got {text!r}") from None
+    if not scales or any(not 0.1 <= s <= 4 for s in scales):
+        raise CamlocError(f"--scales factors must be between 0.1 and 4, got {text!r}")
+    return scales if scales[0] == 1.0 else (1.0, *[s for s in scales if s != 1.0])
 
 
 def load(model: str | None, weights: Path | None, device: str, preprocess: str | None = None):
@@ -85,7 +117,11 @@ def run(
     policy: Annotated[Policy, typer.Option("--policy", help="how images are resized for the network")] = Policy.squash,
     threshold: Annotated[str | None, typer.Option(
         "--threshold", "-t", help="box threshold: fraction of the map's range, or otsu / otsu2 / mean "
-        "(default: the model's recommended rule, else 0.2)")] = None,
+        "(default: the model's recommended rule, else 0.25)")] = None,
+    input_size: InputSizeOption = None,
+    flip: FlipOption = DEFAULT_FLIP,
+    scales: ScalesOption = DEFAULT_SCALES_TEXT,
+    normalize: NormalizeOption = Normalization(DEFAULT_NORMALIZATION),
     all_components: Annotated[bool, typer.Option("--all-components", help="a box per component, not only the largest")] = False,
     min_area: Annotated[float, typer.Option("--min-area", help="with --all-components: smallest box, fraction of image")] = 0.0,
     colormap: Annotated[str, typer.Option("--colormap", help="matplotlib colormap")] = "jet",
@@ -111,7 +147,8 @@ def run(
     ] = None,
 ) -> None:
     """Explain images: overlays, boxes and results.jsonl in --out."""
-    from .boxes import DEFAULT_THRESHOLD, parse_threshold
+    from .boxes import parse_threshold
+    from .cam import DEFAULT_BOX_THRESHOLD
     from .render import colormap_lut
     from .runner import RunOptions
     from .runner import run as run_job
@@ -129,14 +166,15 @@ def run(
         fail("--ray-address needs --engine ray")
     adapter = load(model, weights, "cpu" if engine is Engine.ray else device, preprocess)
     if box_threshold is None:  # an explicit flag, else the checkpoint's rule, else the paper's
-        box_threshold = adapter.box_threshold if adapter.box_threshold is not None else DEFAULT_THRESHOLD
+        box_threshold = adapter.box_threshold if adapter.box_threshold is not None else DEFAULT_BOX_THRESHOLD
     options = RunOptions(
         out=out, topk=topk, rank=rank, classes=tuple(classes or ()), method=method,
         layer=layer,
         policy=policy.value, threshold=box_threshold, largest_only=not all_components, min_area=min_area,
         colormap=colormap, alpha=alpha, image_format=image_format.value, panels=panels, grid=grid,
         save_maps=save_maps, batch_size=batch_size, workers=workers, amp=amp, resume=resume,
-        max_pixels=max_pixels,
+        max_pixels=max_pixels, input_size=input_size, flip=flip,
+        scales=parse_scales(scales), normalization=normalize.value,
     )
     show_bar = err.is_terminal
     progress = Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(),
@@ -165,6 +203,88 @@ def run(
     err.print(f"camloc: {summary.line()} → {out / 'results.jsonl'}")
     if summary.failed:
         raise typer.Exit(1)
+
+
+@app.command("eval")
+def evaluate(
+    images: Annotated[Path, typer.Option("--images", help="folder of images (recursive)")],
+    boxes: Annotated[Path, typer.Option("--boxes", help="ground truth: CSV "
+                                        "(image,label,xmin,ymin,xmax,ymax), VOC XML folder or COCO JSON")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="write the report (plot, gallery, report.md) here")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the metrics here")] = None,
+    model: ModelOption = None,
+    weights: WeightsOption = None,
+    method: Annotated[str, typer.Option("--method", help="auto or cam")] = "auto",
+    policy: Annotated[Policy, typer.Option("--policy", help="how images are resized for the network")] = Policy.squash,
+    threshold: ThresholdOption = DEFAULT_BOX_THRESHOLD,
+    input_size: InputSizeOption = None,
+    flip: FlipOption = DEFAULT_FLIP,
+    scales: ScalesOption = DEFAULT_SCALES_TEXT,
+    normalize: NormalizeOption = Normalization(DEFAULT_NORMALIZATION),
+    all_components: Annotated[bool, typer.Option("--all-components", help="a box per component, not only the largest")] = False,
+    min_area: Annotated[float, typer.Option("--min-area", help="with --all-components: smallest box, fraction of image")] = 0.0,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 16,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
+    device: DeviceOption = "auto",
+) -> None:
+    """Measure localization against ground-truth boxes: top-1/GT-known loc, MaxBoxAccV2."""
+    from .evaluate import evaluate as run_eval
+    from .runner import RunOptions
+
+    options = RunOptions(
+        out=out or "camloc-eval", method=method, policy=policy.value, threshold=threshold,
+        largest_only=not all_components, min_area=min_area, batch_size=batch_size, workers=workers,
+        input_size=input_size, flip=flip,
+        scales=parse_scales(scales), normalization=normalize.value,
+    )
+    options.box_options()  # bad thresholds fail before the model loads
+    if not images.is_dir():
+        fail(f"--images {images}: not a folder")
+    adapter = load(model, weights, device)
+    progress = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=err, disable=not err.is_terminal,
+                        transient=True)
+    task = progress.add_task("eval", total=None)
+
+    def on_start(total: int) -> None:
+        progress.update(task, total=total)
+
+    def on_image(path: str, error: str | None) -> None:
+        if error:
+            progress.console.print(f"[yellow]warning:[/] skipped {error}", soft_wrap=True)
+        progress.advance(task)
+
+    with progress:
+        result = run_eval(adapter, images, boxes, options, on_start=on_start, on_image=on_image)
+    metrics = result.metrics()
+    print_metrics(metrics)
+    if json_path is not None:
+        import json
+
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    if out is not None:
+        from .report import write_report
+
+        written = write_report(result, out, adapter, options)
+        err.print(f"camloc: report → {written['report']}")
+
+
+def print_metrics(metrics: dict) -> None:
+    """The figures on stdout, one per line."""
+    counts = metrics["counts"]
+    print(f"images:        {metrics['num_images']} evaluated of {counts['images']} "
+          f"({counts['without_ground_truth']} without ground truth, {counts['unknown_labels']} "
+          f"with unknown labels, {counts['unreadable']} unreadable)")
+    for key in ("top1_cls", "top5_cls", "top1_loc", "gt_known_loc", "maxboxacc_v2"):
+        print(f"{key + ':':14s} {metrics[key]:.4f}")
+    per_iou = ", ".join(f"δ={d}: {v:.4f} (τ={metrics['maxboxacc_v2_best_tau'][d]:g})"
+                        for d, v in metrics["maxboxacc_v2_per_iou"].items())
+    print(f"  per IoU:     {per_iou}")
+    print(f"default τ:     {metrics['default_tau']:g}")
+    print(f"best τ:        {metrics['best_tau']:g} "
+          f"(top1_loc {metrics['top1_loc_at_best_tau']:.4f}, gt_known_loc {metrics['gt_known_loc_at_best_tau']:.4f})")
 
 
 @app.command()

@@ -34,7 +34,20 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from . import render
-from .cam import BoxOptions, ClassSelection, Explanation, MethodOutput, finish, get_method
+from .cam import (
+    DEFAULT_BOX_THRESHOLD,
+    DEFAULT_FLIP,
+    DEFAULT_NORMALIZATION,
+    DEFAULT_SCALES,
+    BoxOptions,
+    ClassSelection,
+    Explanation,
+    MethodOutput,
+    explain_batch,
+    finish,
+    get_method,
+    network_size,
+)
 from .errors import CamlocError, ImageError
 from .images import DEFAULT_MAX_PIXELS, Geometry, collect_images, load_image, preprocess
 from .models import ClassifierAdapter
@@ -55,7 +68,7 @@ class RunOptions:
     method: str = "auto"
     layer: str | None = None  # target layer of gradient methods (None: automatic)
     policy: str = "squash"
-    threshold: float = 0.2
+    threshold: float = DEFAULT_BOX_THRESHOLD
     largest_only: bool = True
     min_area: float = 0.0
     colormap: str = render.DEFAULT_COLORMAP
@@ -70,12 +83,20 @@ class RunOptions:
     amp: bool = False  # bfloat16 autocast for the model (mostly for GPUs)
     resume: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    input_size: int | None = None  # network input side; None: DEFAULT_INPUT_SCALE x the model's
+    flip: bool = DEFAULT_FLIP  # test-time horizontal flip, maps and logits averaged
+    scales: tuple[float, ...] = DEFAULT_SCALES  # test-time views resized by these factors
+    normalization: str = DEFAULT_NORMALIZATION  # maps to [0, 1]: "max" or "minmax" (paper)
+
+    def network_size(self, model: ClassifierAdapter) -> tuple[int, int]:
+        """The ``(height, width)`` images are resized to for the network."""
+        return network_size(model, self.input_size)
 
     def selection(self) -> ClassSelection:
         return ClassSelection(topk=self.topk, rank=self.rank, classes=tuple(self.classes))
 
     def box_options(self) -> BoxOptions:
-        return BoxOptions(self.threshold, self.largest_only, self.min_area)
+        return BoxOptions(self.threshold, self.largest_only, self.min_area, self.normalization)
 
 
 @dataclass
@@ -166,9 +187,10 @@ class Item:
 class ImageDataset(Dataset):
     """Loads and preprocesses one image per item; failures become an ``Item`` with an error."""
 
-    def __init__(self, paths: Sequence[Path], model: ClassifierAdapter, policy: str, max_pixels: int):
+    def __init__(self, paths: Sequence[Path], model: ClassifierAdapter, policy: str,
+                 max_pixels: int, input_size: tuple[int, int] | None = None):
         self.paths, self.policy, self.max_pixels = list(paths), policy, max_pixels
-        self.input_size, self.mean, self.std = model.input_size, model.mean, model.std
+        self.input_size, self.mean, self.std = input_size or model.input_size, model.mean, model.std
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -191,7 +213,8 @@ def _keep_items(items: list[Item]) -> list[Item]:
 
 
 def batches(paths: Sequence[Path], model: ClassifierAdapter, options: RunOptions) -> Iterator[list[Item]]:
-    dataset = ImageDataset(paths, model, options.policy, options.max_pixels)
+    dataset = ImageDataset(paths, model, options.policy, options.max_pixels,
+                           options.network_size(model))
     workers = options.workers
     if workers is None:  # worker start-up costs more than it saves on a handful of images
         workers = 0 if len(paths) <= 2 * options.batch_size else min(4, os.cpu_count() or 1)
@@ -342,7 +365,7 @@ def explain_items(items: list[Item], model: ClassifierAdapter, method, selection
     else:
         batch = batch.to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.amp):
-        output = method(batch, selection)
+        output = explain_batch(method, batch, selection, options.flip, options.scales)
     logits, maps = output.logits.float(), output.maps.float()
 
     def maker(i: int, item: Item) -> Callable[[], Explanation]:
