@@ -357,8 +357,8 @@ def test_camloc_eval_command_end_to_end(colour_model, synthetic_set, tmp_path, m
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["gt_known_loc"] == 1.0
     assert metrics["default_tau"] == 0.3
-    assert metrics["settings"]["input_size"] == [64, 64] and metrics["settings"]["flip"] is True
-    assert metrics["settings"]["scales"] == [1.0, 2.0]
+    assert metrics["settings"]["input_size"] == [64, 64] and metrics["settings"]["flip"] is False
+    assert metrics["settings"]["scales"] == [1.0]
     assert "gt_known_loc:" in outcome.stdout
     with Image.open(report / "curves.png") as plot:
         assert plot.size[0] > 300 and plot.getextrema() != ((255, 255),) * 3
