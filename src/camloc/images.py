@@ -80,26 +80,9 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     try:
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: empty file")
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError(
-                    f"{path}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
-                    f"limit of {max_pixels / 1e6:.0f} (raise it with --max-pixels)"
-                )
-            image.load()
-            return to_rgb(image)
-    except ImageError:
-        raise
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file (unrecognised format)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ImageError(f"{path}: unreadable image ({reason})") from None
+    return _decode(path, str(path), max_pixels, " (raise it with --max-pixels)")
 
 
 def read_image(stream: BinaryIO, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -111,18 +94,27 @@ def read_image(stream: BinaryIO, name: str = "upload", max_pixels: int = DEFAULT
     >>> read_image(io.BytesIO(open("examples/images/coffee.jpg", "rb").read()), "coffee").size
     (600, 400)
     """
+    return _decode(stream, name, max_pixels)
+
+
+def _decode(source: Path | BinaryIO, name: str, max_pixels: int, hint: str = "") -> Image.Image:
+    """Open, check the pixel count from the header, decode, convert; one-line errors naming ``name``."""
     try:
-        with Image.open(stream) as image:
+        with Image.open(source) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageError(
                     f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
-                    f"limit of {max_pixels / 1e6:.0f}"
+                    f"limit of {max_pixels / 1e6:.0f}{hint}"
                 )
             image.load()
             return to_rgb(image)
     except ImageError:
         raise
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{name}: is a directory") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image file (unrecognised format)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:

@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import render
-from .boxes import DEFAULT_THRESHOLD
+from .cam import DEFAULT_BOX_THRESHOLD as DEFAULT_THRESHOLD
 from .cam import METHODS, BoxOptions, ClassSelection, Explanation, finish, get_method
 from .errors import CamlocError
 from .images import RESIZE_POLICIES, preprocess, read_image
