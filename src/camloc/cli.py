@@ -55,6 +55,14 @@ ModelOption = Annotated[str | None, typer.Option(
 WeightsOption = Annotated[Path | None, typer.Option(
     "--weights", help="local weights file for a named model ('random' for untrained weights)")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")]
+MethodOption = Annotated[str, typer.Option(
+    "--method", help="auto (CAM when exact, else gradcam), cam, gradcam, gradcam++, layercam, scorecam")]
+PolicyOption = Annotated[Policy, typer.Option("--policy", help="how images are resized for the network")]
+AllComponentsOption = Annotated[bool, typer.Option(
+    "--all-components", help="a box per component, not only the largest")]
+MinAreaOption = Annotated[float, typer.Option(
+    "--min-area", help="with --all-components: smallest box, fraction of image")]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", "-b", min=1)]
 PreprocessOption = Annotated[str | None, typer.Option(
     "--preprocess", help="input convention of a .keras/.onnx model: caffe, tf, torch or none "
     "(default: the file's metadata, else the Keras application's, else none for Keras, "
@@ -109,12 +117,10 @@ def run(
     rank: Annotated[int | None, typer.Option("--rank", help="explain only the n-th most likely class (1 = top)")] = None,
     classes: Annotated[list[str] | None, typer.Option(
         "--class", "-c", help="explain this class (name or index); repeatable")] = None,
-    method: Annotated[str, typer.Option(
-        "--method", help="auto (CAM when exact, else gradcam), cam, gradcam, gradcam++, layercam, "
-                         "scorecam")] = "auto",
+    method: MethodOption = "auto",
     layer: Annotated[str | None, typer.Option(
         "--layer", help="target layer of the gradient methods (default: last spatial layer)")] = None,
-    policy: Annotated[Policy, typer.Option("--policy", help="how images are resized for the network")] = Policy.squash,
+    policy: PolicyOption = Policy.squash,
     threshold: Annotated[str | None, typer.Option(
         "--threshold", "-t", help="box threshold: fraction of the map's range, or otsu / otsu2 / mean "
         "(default: the model's recommended rule, else 0.25)")] = None,
@@ -122,15 +128,15 @@ def run(
     flip: FlipOption = DEFAULT_FLIP,
     scales: ScalesOption = DEFAULT_SCALES_TEXT,
     normalize: NormalizeOption = Normalization(DEFAULT_NORMALIZATION),
-    all_components: Annotated[bool, typer.Option("--all-components", help="a box per component, not only the largest")] = False,
-    min_area: Annotated[float, typer.Option("--min-area", help="with --all-components: smallest box, fraction of image")] = 0.0,
+    all_components: AllComponentsOption = False,
+    min_area: MinAreaOption = 0.0,
     colormap: Annotated[str, typer.Option("--colormap", help="matplotlib colormap")] = "jet",
     alpha: Annotated[float, typer.Option("--alpha", "--opacity", min=0.0, max=1.0, help="map opacity")] = 0.5,
     image_format: Annotated[ImageFormat, typer.Option("--format", help="rendered image format")] = ImageFormat.png,
     panels: Annotated[bool, typer.Option("--panels", help="also write overlay | image | map panels")] = False,
     grid: Annotated[bool | None, typer.Option("--grid/--no-grid", help="top-k grid (default: when k > 1)")] = None,
     save_maps: Annotated[bool, typer.Option("--save-maps", help="write normalised maps as .npy")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 16,
+    batch_size: BatchSizeOption = 16,
     workers: Annotated[int | None, typer.Option("--workers", min=0, help=(
         "local engine: image decoding processes (default: automatic, 0: in the main process); "
         "ray engine: model actors in the pool (default 1)"))] = None,
@@ -215,16 +221,16 @@ def evaluate(
     json_path: Annotated[Path | None, typer.Option("--json", help="write the metrics here")] = None,
     model: ModelOption = None,
     weights: WeightsOption = None,
-    method: Annotated[str, typer.Option("--method", help="auto or cam")] = "auto",
-    policy: Annotated[Policy, typer.Option("--policy", help="how images are resized for the network")] = Policy.squash,
+    method: MethodOption = "auto",
+    policy: PolicyOption = Policy.squash,
     threshold: ThresholdOption = DEFAULT_BOX_THRESHOLD,
     input_size: InputSizeOption = None,
     flip: FlipOption = DEFAULT_FLIP,
     scales: ScalesOption = DEFAULT_SCALES_TEXT,
     normalize: NormalizeOption = Normalization(DEFAULT_NORMALIZATION),
-    all_components: Annotated[bool, typer.Option("--all-components", help="a box per component, not only the largest")] = False,
-    min_area: Annotated[float, typer.Option("--min-area", help="with --all-components: smallest box, fraction of image")] = 0.0,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 16,
+    all_components: AllComponentsOption = False,
+    min_area: MinAreaOption = 0.0,
+    batch_size: BatchSizeOption = 16,
     workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
     device: DeviceOption = "auto",
 ) -> None:
@@ -320,7 +326,7 @@ def train(
     unfreeze: Annotated[int, typer.Option(
         "--unfreeze", help="fine-tune the last N backbone stages (0: frozen, cached features)")] = 0,
     epochs: Annotated[int, typer.Option("--epochs", "-e")] = 12,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 32,
+    batch_size: BatchSizeOption = 32,
     lr: Annotated[float, typer.Option("--lr", help="head learning rate (AdamW)")] = 3e-3,
     backbone_lr_factor: Annotated[float, typer.Option("--backbone-lr-factor", help="backbone lr = lr × this")] = 0.1,
     weight_decay: Annotated[float, typer.Option("--weight-decay")] = 1e-4,

@@ -351,11 +351,7 @@ def _stream_records(ray, model, rows, options, ray_options, device, out, summary
                 results.write(row["record"] + "\n")
                 results.flush()
                 record = json.loads(row["record"])
-                if record["error"] is None:
-                    summary.done += 1
-                else:
-                    summary.failed += 1
-                    summary.errors.append(record["error"])
+                summary.count(record)
                 if on_image:
                     on_image(record)
         except ray.exceptions.RayError as error:

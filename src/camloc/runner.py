@@ -108,6 +108,14 @@ class RunSummary:
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
+    def count(self, record: dict[str, Any]) -> None:
+        """Count one finished record (done, or failed with its error)."""
+        if record["error"] is None:
+            self.done += 1
+        else:
+            self.failed += 1
+            self.errors.append(record["error"])
+
     @property
     def images_per_second(self) -> float:
         return self.done / self.seconds if self.seconds > 0 else 0.0
@@ -324,11 +332,7 @@ def run(
         for future in futures:
             entry = future.result()
             results.write(json.dumps(entry) + "\n")
-            if entry["error"] is None:
-                summary.done += 1
-            else:
-                summary.failed += 1
-                summary.errors.append(entry["error"])
+            summary.count(entry)
             if on_image:
                 on_image(entry)
         results.flush()
