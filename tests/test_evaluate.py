@@ -196,7 +196,7 @@ def test_flip_averages_a_view_and_its_mirror():
 
 
 def test_scales_average_views_and_choose_classes_on_the_mean_logits():
-    model = camloc.load_model("resnet18", weights="random")
+    model = camloc.load_model("resnet18", weights="random", dilate=False)
     batch = torch.randn(3, 3, 128, 128, generator=torch.Generator().manual_seed(2))
     method = get_method("cam", model)
     out = explain_batch(method, batch, ClassSelection(topk=2), flip=False, scales=(1.0, 0.5))
@@ -322,7 +322,7 @@ def test_camloc_eval_command_end_to_end(colour_model, synthetic_set, tmp_path, m
     from camloc import cli
 
     folder, boxes = synthetic_set
-    monkeypatch.setattr(cli, "load", lambda *args: colour_model)
+    monkeypatch.setattr(cli, "load", lambda *args, **kwargs: colour_model)
     report, json_path = tmp_path / "report", tmp_path / "metrics.json"
     outcome = CliRunner().invoke(
         cli.app,

@@ -133,7 +133,7 @@ class CAMMethod:
     >>> model = camloc.load_model("resnet18", weights="random")
     >>> out = CAMMethod(model)(torch.randn(2, 3, 224, 224), ClassSelection(topk=3))
     >>> tuple(out.maps.shape)
-    (2, 3, 7, 7)
+    (2, 3, 14, 14)
     """
 
     name: ClassVar[str] = "cam"
@@ -289,7 +289,7 @@ def explain_batch(
     >>> out = explain_batch(CAMMethod(model), torch.randn(2, 3, 64, 64), ClassSelection(),
     ...                     flip=True, scales=(1.0, 0.5))
     >>> tuple(out.maps.shape), tuple(out.logits.shape)
-    ((2, 1, 2, 2), (2, 1000))
+    ((2, 1, 4, 4), (2, 1000))
     """
     scales = tuple(scales) or (1.0,)
     if len(scales) == 1 and scales[0] == 1.0:

@@ -561,6 +561,7 @@ def settings_of(model: ClassifierAdapter, options: Any) -> dict[str, Any]:
     size = options.network_size(model)
     return {
         "model": model.name,
+        "dilated": bool(getattr(model, "dilated", False)),
         "method": options.method,
         "policy": options.policy,
         "input_size": list(size),

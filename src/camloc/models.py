@@ -34,6 +34,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TF_MEAN = (0.5, 0.5, 0.5)  # (x - 127.5) / 127.5, the TF-Lite EfficientNet normalisation
 TF_STD = (0.5, 0.5, 0.5)
 DEFAULT_MODEL = "efficientnet_lite0"
+EXTERNAL_SUFFIXES = (".keras", ".h5", ".hdf5", ".onnx")  # run by Keras / onnxruntime
 
 # --------------------------------------------------------------------------- head steps
 
@@ -111,6 +112,7 @@ class ClassifierAdapter:
     head_error: str | None = None
     source: str = ""
     box_threshold: float | str | None = None  # recommended box rule (trained checkpoints)
+    dilated: bool = False  # last stage run at 2x resolution (dilate_last_stage)
 
     @property
     def num_classes(self) -> int:
@@ -401,6 +403,100 @@ def adapt(
     return adapter
 
 
+# --------------------------------------------------------------------------- last stage at 2x
+
+
+_SPATIAL_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
+
+
+def dilate_last_stage(adapter: ClassifierAdapter) -> bool:
+    """Run the network's last stage at twice the resolution, in place (output stride 32 → 16).
+
+    The convolutions that halve the resolution into the last feature map get stride 1 and
+    every later spatial convolution a doubled dilation (DeepLab's atrous trick, torchvision's
+    ``replace_stride_with_dilation``): each unit sees the same image region as before, the
+    weights are unchanged, and the feature map (hence the CAM) has 2× the rows and columns.
+    No parameter changes, so the CAM identity still holds exactly for the dilated network.
+    Returns ``False`` and leaves the model as it was when that stage cannot be dilated
+    (the downsampling is a pooling layer or an even/valid convolution, no stride 2, a head
+    that is not plain CAM).
+
+    >>> adapter = load_model("resnet18", weights="random", dilate=False)
+    >>> dilate_last_stage(adapter), adapter.dilated
+    (True, True)
+    >>> adapter.forward_with_features(torch.zeros(1, 3, 224, 224))[1].shape[-2:]
+    torch.Size([14, 14])
+    """
+    if adapter.dilated or adapter.feature_layer is None or not isinstance(adapter.model, nn.Module):
+        return adapter.dilated
+    example = torch.zeros(1, 3, *adapter.input_size, device=adapter.device)
+    calls = _spatial_calls(adapter, example)
+    final = calls.pop()[2]  # the feature map's (h, w)
+    downsamplers = [m for m, (h, w), out in calls if out == final and (h, w) != final]
+    later = [m for m, size, _ in calls if size == final]
+    if not downsamplers or any(not _can_dilate(m, downsampling=True) for m in downsamplers) \
+            or any(not _can_dilate(m, downsampling=False) for m in later):
+        return False
+    saved = {m: (m.stride, m.dilation, m.padding) for m in downsamplers + later}
+    for module in downsamplers:
+        module.stride = (1, 1)
+    for module in later:
+        if module.kernel_size != (1, 1) and module not in downsamplers:
+            module.dilation = (module.dilation[0] * 2, module.dilation[1] * 2)
+            if not _dynamic_padding(module):
+                module.padding = tuple((k - 1) // 2 * d for k, d in zip(module.kernel_size, module.dilation))
+    try:
+        with inference_mode(adapter.model):
+            size = tuple(adapter.forward_with_features(example)[1].shape[-2:])
+    except RuntimeError:  # a layer that cannot take the larger map (e.g. a valid pooling)
+        size = None
+    if size != (final[0] * 2, final[1] * 2):
+        for module, (stride, dilation, padding) in saved.items():
+            module.stride, module.dilation, module.padding = stride, dilation, padding
+        return False
+    adapter.dilated = True
+    return True
+
+
+def _spatial_calls(adapter: ClassifierAdapter, example: torch.Tensor) -> list:
+    """``(module, input (h, w), output (h, w))`` of every conv/pool call in order, then the
+    feature layer's output as the last entry."""
+    calls: list = []
+
+    def record(module, inputs, output):
+        calls.append((module, tuple(inputs[0].shape[-2:]), tuple(output.shape[-2:])))
+
+    handles = [m.register_forward_hook(record) for m in adapter.model.modules()
+               if isinstance(m, (nn.Conv2d, *_SPATIAL_POOLS))]
+    handles.append(adapter.module(adapter.feature_layer).register_forward_hook(
+        lambda m, i, o: calls.append((m, None, tuple(o.shape[-2:])))))
+    try:
+        with inference_mode(adapter.model):
+            adapter.model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def _dynamic_padding(module: nn.Module) -> bool:
+    """timm's TF-"same" convolutions compute their padding from stride and dilation."""
+    return type(module).__name__ == "Conv2dSame" or getattr(module, "padding", None) == "same"
+
+
+def _can_dilate(module: nn.Module, downsampling: bool) -> bool:
+    """A conv with odd kernels and "same" padding (or a 1×1) keeps the size at stride 1."""
+    if not isinstance(module, nn.Conv2d):
+        return module.kernel_size in (1, (1, 1)) if not downsampling else False
+    if module.kernel_size == (1, 1):
+        return module.padding in ((0, 0), "valid", 0)
+    if any(k % 2 == 0 for k in module.kernel_size) or module.padding_mode != "zeros":
+        return False
+    if _dynamic_padding(module):
+        return True
+    return tuple(module.padding) == tuple((k - 1) // 2 * d for k, d in zip(module.kernel_size, module.dilation))
+
+
 def _check_identity(adapter: ClassifierAdapter, example: torch.Tensor) -> None:
     """Refuse a decomposition that does not reproduce the model's logits."""
     with inference_mode(adapter.model):
@@ -425,6 +521,7 @@ def load_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     preprocess: str | None = None,
+    dilate: bool | None = None,
 ) -> ClassifierAdapter:
     """Load a classifier and find its CAM head.
 
@@ -434,6 +531,9 @@ def load_model(
     ``"random"`` for untrained weights (tests, demos of the mechanics). ``.keras``/``.h5``
     files load with Keras (:mod:`camloc.keras_models`), ``.onnx`` files run in onnxruntime
     (:mod:`camloc.onnx_models`); ``preprocess`` (caffe|tf|torch|none) is their input convention.
+    ``dilate``: run the last stage at 2× resolution (:func:`dilate_last_stage`, finer maps,
+    better boxes); ``None`` means yes for the models camloc builds (names, checkpoints) and
+    no for an ``nn.Module`` you pass (it is left as it is unless you ask).
 
     >>> load_model("resnet18", weights="random").feature_layer
     'layer4'
@@ -443,12 +543,17 @@ def load_model(
                         mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD)
     elif model is None or str(model) in (DEFAULT_MODEL, "default", "tf_efficientnet_lite0"):
         adapter = _load_default(weights)
-    elif Path(str(model)).suffix.lower() in (".keras", ".h5", ".hdf5", ".onnx"):
+    elif Path(str(model)).suffix.lower() in EXTERNAL_SUFFIXES:
         adapter = _load_external(Path(str(model)), class_names, input_size, preprocess)
     elif Path(str(model)).suffix.lower() in (".pt", ".pth", ".ckpt", ".bin", ".safetensors"):
         adapter = load_checkpoint(model)
     else:
         adapter = _load_named(str(model), weights, class_names, input_size, mean, std)
+    if dilate is None:
+        dilate = not isinstance(model, nn.Module)
+    external = not isinstance(model, nn.Module) and Path(str(model)).suffix.lower() in EXTERNAL_SUFFIXES
+    if dilate and not external and adapter.head_error is None:  # Keras/ONNX graphs run as they are
+        dilate_last_stage(adapter)
     if device is not None:
         adapter.to(resolve_device(device))
     return adapter

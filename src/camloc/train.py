@@ -390,7 +390,7 @@ def build_network(model: str | None, weights: str | None, num_classes: int
     Returns the network, the head's module name and the backbone's adapter (for its name,
     preprocessing and input size).
     """
-    backbone = load_model(model, weights=weights)
+    backbone = load_model(model, weights=weights, dilate=False)
     backbone.require_cam()
     head = classifier_name(backbone.model, backbone.weight)
     new_head(backbone.model, head, num_classes)
@@ -439,7 +439,7 @@ def adapter_from_checkpoint(payload: dict[str, Any], path: str | os.PathLike) ->
     except (KeyError, TypeError) as error:
         raise ModelError(f"{path}: camloc checkpoint is incomplete (missing {error})") from None
     try:
-        network = load_model(architecture, weights="random").model
+        network = load_model(architecture, weights="random", dilate=False).model
     except ModelError as error:
         raise ModelError(f"{path} was made for architecture {architecture!r}, which cannot be "
                          f"built here ({error})") from None
@@ -575,7 +575,7 @@ class Trainer:
         plan = scan_data(options)
         if options.resume and not self.state_path().is_file():
             raise CamlocError(f"--resume: no training state {self.state_path()} to continue from")
-        backbone = load_model(options.model, weights=options.weights)
+        backbone = load_model(options.model, weights=options.weights, dilate=False)
         self.architecture = architecture_of(backbone, options.model)
         self.size = options.image_size or backbone.input_size[0]
         self.mean, self.std = backbone.mean, backbone.std
