@@ -1,0 +1,62 @@
+"""The cost of the dilated last stage: forward pass of the network as trained vs dilated.
+
+    python benchmarks/bench_dilate.py [--model efficientnet_lite0] [--batch 32] [--device cpu]
+
+Same weights, same random batch, best of 5; prints the feature grid of each and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import camloc
+from camloc.models import inference_mode
+
+
+def best_time(function, repeats: int = 5) -> float:
+    function()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        function()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    report = {"batch": args.batch, "device": args.device}
+    for dilate in (False, True):
+        adapter = camloc.load_model(args.model, weights=args.weights, device=args.device, dilate=dilate)
+        batch = torch.randn(args.batch, 3, *adapter.input_size, device=adapter.device)
+        with inference_mode(adapter.model):
+            grid = tuple(adapter.forward_with_features(batch[:1])[1].shape[-2:])
+            seconds = best_time(lambda: adapter.model(batch))
+        key = "dilated" if adapter.dilated else "as_trained"
+        report[key] = {"seconds": seconds, "grid": grid}
+        print(f"{adapter.name} {key:10s} grid {grid[0]}x{grid[1]}  forward {seconds * 1000:8.1f} ms")
+    if "dilated" in report:
+        ratio = report["dilated"]["seconds"] / report["as_trained"]["seconds"]
+        report["ratio"] = ratio
+        print(f"dilated / as trained: {ratio:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
