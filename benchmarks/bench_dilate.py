@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -46,7 +47,7 @@ def main() -> None:
         batch = torch.randn(args.batch, 3, *adapter.input_size, device=adapter.device)
         with inference_mode(adapter.model):
             grid = tuple(adapter.forward_with_features(batch[:1])[1].shape[-2:])
-            seconds = best_time(lambda: adapter.model(batch))
+            seconds = best_time(partial(adapter.model, batch))
         key = "dilated" if adapter.dilated else "as_trained"
         report[key] = {"seconds": seconds, "grid": grid}
         print(f"{adapter.name} {key:10s} grid {grid[0]}x{grid[1]}  forward {seconds * 1000:8.1f} ms")

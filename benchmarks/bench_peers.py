@@ -32,16 +32,23 @@ def sync():
         torch.cuda.synchronize()
 
 
-def best_time(function, repeats=3):
+def timed(function):
+    sync()
+    start = time.perf_counter()
     result = function()
-    times = []
+    sync()
+    return time.perf_counter() - start, result
+
+
+def best_times(functions, repeats=3):
+    """Best of ``repeats`` for each function, run round-robin (slow drifts of a shared machine
+    hit every contender alike); one warm-up call each first. Returns ``[(seconds, result)]``."""
+    results = [function() for function in functions]
+    best = [float("inf")] * len(functions)
     for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        function()
-        sync()
-        times.append(time.perf_counter() - start)
-    return min(times), result
+        for index, function in enumerate(functions):
+            best[index] = min(best[index], timed(function)[0])
+    return list(zip(best, results, strict=True))
 
 
 def relu_minmax(maps: torch.Tensor) -> torch.Tensor:
@@ -56,6 +63,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--scorecam", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     from pytorch_grad_cam import GradCAM as PgcGradCAM
@@ -110,10 +118,18 @@ def main() -> None:
     report = {"model": args.model, "batch": args.batch, "device": str(adapter.device)}
     print(f"{args.model} (random weights), batch {args.batch}, 224x224, device {adapter.device}")
     print(f"{'method':10s} {'implementation':18s} {'seconds':>9s} {'× camloc':>9s} {'max |Δ| vs camloc':>18s}")
+    def forward_only():
+        with torch.no_grad():
+            return net(batch)
+
+    forward_seconds = best_times([forward_only], repeats=args.repeats)[0][0]
+    report["forward_seconds"] = forward_seconds
+    print(f"{'forward':10s} {'(no maps)':18s} {forward_seconds:9.4f}")
     for method, contenders in runs.items():
         reference = None
-        for name, function in contenders:
-            seconds, maps = best_time(function, repeats=1 if method == "scorecam" else 3)
+        timings = best_times([function for _, function in contenders],
+                             repeats=1 if method == "scorecam" else args.repeats)
+        for (name, _), (seconds, maps) in zip(contenders, timings, strict=True):
             maps = relu_minmax(maps.detach().cpu())
             if reference is None:
                 reference, camloc_seconds, diff = maps, seconds, 0.0

@@ -6,12 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from test_models import assert_cam_identity
 from torch import nn
 
 import camloc
 from camloc.models import dilate_last_stage, inference_mode
-
-from test_models import assert_cam_identity
 
 
 def features_of(adapter, size=(224, 224)):

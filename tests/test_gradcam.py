@@ -469,3 +469,27 @@ def test_cli_info_shows_the_gradient_layer(monkeypatch, capsys):
         main()
     assert done.value.code == 0
     assert "gradient layer: features" in capsys.readouterr().out
+
+
+def test_the_graph_starts_at_the_target_layer_and_parameters_are_left_alone():
+    adapter = camloc.load_model("resnet18", weights="random")
+    net = adapter.model
+    recorded = {}
+
+    def record(name):
+        def hook(_module, _inputs, output):
+            recorded[name] = (output.requires_grad, all(p.requires_grad for p in net.parameters()))
+        return hook
+
+    handles = [net.layer1.register_forward_hook(record("below")), net.fc.register_forward_hook(record("above"))]
+    try:
+        for name in ("gradcam", "gradcam++", "layercam"):
+            recorded.clear()
+            output = get_method(name, adapter, "layer3")(batch(64, 2), ClassSelection(topk=2))
+            assert output.maps.shape == (2, 2, 4, 4)  # layer3 at 64 pixels: stride 16
+            # below the layer nothing is recorded; above it is; parameters keep requires_grad
+            assert recorded == {"below": (False, True), "above": (True, True)}
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.is_grad_enabled()  # the caller's grad mode is back

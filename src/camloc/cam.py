@@ -23,7 +23,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
 from .boxes import (
     DEFAULT_THRESHOLD,
@@ -126,8 +125,9 @@ class MethodOutput:
 class CAMMethod:
     """Base class of map methods; this one is plain CAM (Zhou et al. 2016).
 
-    Subclasses override :meth:`compute`; the base restores the model's mode, grad state and
-    parameters' ``requires_grad``, and owns hooks on a target layer (:meth:`capture`).
+    Subclasses override :meth:`compute`; the base restores the model's mode and the grad
+    state, and owns hooks on a target layer (:meth:`capture`). Parameters are never touched,
+    so one model can serve several threads at once.
 
     >>> import torch, camloc
     >>> model = camloc.load_model("resnet18", weights="random")
@@ -149,8 +149,7 @@ class CAMMethod:
         self.layer = layer
 
     def __call__(self, batch: torch.Tensor, selection: ClassSelection) -> MethodOutput:
-        network = self.model.model
-        with inference_mode(network, grad=self.needs_grad), frozen_parameters(network):
+        with inference_mode(self.model.model):  # gradient methods enable grad at their layer
             return self.compute(batch, selection)
 
     def compute(self, batch: torch.Tensor, selection: ClassSelection) -> MethodOutput:
@@ -170,40 +169,33 @@ class CAMMethod:
     def capture(self, batch: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward: ``(logits, output of layer)``.
 
-        Under grad mode the layer's output is replaced by a leaf that requires grad (the rest
-        of the forward runs on a copy of it), so ``autograd.grad(score, output)`` works with
-        frozen parameters and builds no graph above the layer.
+        For a method that :attr:`needs_grad`, the forward runs without autograd up to the
+        layer; there the output is replaced by a leaf that requires grad and autograd is
+        switched on for the rest of the forward (then restored), so ``autograd.grad(score,
+        output)`` costs only the part above the layer and no graph is kept below it.
         """
         captured: list[torch.Tensor] = []
 
         def keep(_module, _inputs, output):
             if not isinstance(output, torch.Tensor):
                 raise ModelError(f"layer {layer!r} returns {type(output).__name__}, not a tensor")
-            if not torch.is_grad_enabled():
+            if not self.needs_grad:
                 captured[:] = [output.clone()]  # as the layer gave it, before in-place layers
                 return None
+            torch.set_grad_enabled(True)  # the graph starts here
             leaf = output.detach().requires_grad_()
             captured[:] = [leaf]
             return leaf.clone()  # not a leaf: in-place layers after it stay legal
 
-        with self.hooked(layer, keep):
-            logits = self.model.model(batch)
+        grad_mode = torch.is_grad_enabled()
+        try:
+            with self.hooked(layer, keep):
+                logits = self.model.model(batch)
+        finally:
+            torch.set_grad_enabled(grad_mode)
         if not captured:
             raise ModelError(f"layer {layer!r} is not used in {self.model.name}'s forward pass")
         return logits, captured[0]
-
-
-@contextmanager
-def frozen_parameters(model: nn.Module) -> Iterator[None]:
-    """Parameters do not require grad inside the block; each one's flag is restored after."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for parameter, _ in flags:
-            parameter.requires_grad_(False)
-        yield
-    finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
 
 
 def class_maps(model: ClassifierAdapter, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

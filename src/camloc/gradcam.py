@@ -246,7 +246,8 @@ class GradientMethod(LayerMethod):
         activations = self.target.to_map(output.detach())
         maps = []
         for rank in range(classes.shape[1]):
-            score = logits.gather(1, classes[:, rank : rank + 1]).sum()
+            with torch.enable_grad():  # the score is part of the graph that starts at the layer
+                score = logits.gather(1, classes[:, rank : rank + 1]).sum()
             (grad,) = torch.autograd.grad(score, output, retain_graph=rank + 1 < classes.shape[1],
                                           allow_unused=True)
             if grad is None:

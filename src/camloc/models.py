@@ -144,6 +144,10 @@ class ClassifierAdapter:
 
     def module(self, name: str) -> nn.Module:
         """The sub-module called ``name``, or a :class:`ModelError` listing close matches."""
+        try:
+            return self.model.get_submodule(name)
+        except AttributeError:
+            pass
         modules = dict(self.model.named_modules())
         if name not in modules:
             close = difflib.get_close_matches(name, list(modules), n=5, cutoff=0.5)
@@ -206,14 +210,19 @@ class ClassifierAdapter:
 
 @contextmanager
 def inference_mode(model: nn.Module, grad: bool = False):
-    """Eval mode and the chosen grad mode for the block; the model's state is restored after."""
-    was_training = model.training
-    model.eval()
+    """Eval mode and the chosen grad mode for the block; each module's mode is restored after.
+
+    A model already in eval mode (as ``load_model`` returns it) costs one scan of its modules.
+    """
+    training = [module for module in model.modules() if module.training]
+    if training:
+        model.eval()
     try:
         with torch.set_grad_enabled(grad):
             yield
     finally:
-        model.train(was_training)
+        for module in training:
+            module.training = True
 
 
 # --------------------------------------------------------------------------- head discovery
@@ -444,7 +453,7 @@ def dilate_last_stage(adapter: ClassifierAdapter) -> bool:
         if module.kernel_size != (1, 1) and module not in downsamplers:
             module.dilation = (module.dilation[0] * 2, module.dilation[1] * 2)
             if not _dynamic_padding(module):
-                module.padding = tuple((k - 1) // 2 * d for k, d in zip(module.kernel_size, module.dilation))
+                module.padding = _same_padding(module)
     try:
         with inference_mode(adapter.model):
             size = tuple(adapter.forward_with_features(example)[1].shape[-2:])
@@ -494,7 +503,12 @@ def _can_dilate(module: nn.Module, downsampling: bool) -> bool:
         return False
     if _dynamic_padding(module):
         return True
-    return tuple(module.padding) == tuple((k - 1) // 2 * d for k, d in zip(module.kernel_size, module.dilation))
+    return tuple(module.padding) == _same_padding(module)
+
+
+def _same_padding(module: nn.Conv2d) -> tuple[int, int]:
+    """The padding that keeps the size of a stride-1 conv with odd kernels and its dilation."""
+    return tuple((k - 1) // 2 * d for k, d in zip(module.kernel_size, module.dilation, strict=True))
 
 
 def _check_identity(adapter: ClassifierAdapter, example: torch.Tensor) -> None:
@@ -554,6 +568,8 @@ def load_model(
     external = not isinstance(model, nn.Module) and Path(str(model)).suffix.lower() in EXTERNAL_SUFFIXES
     if dilate and not external and adapter.head_error is None:  # Keras/ONNX graphs run as they are
         dilate_last_stage(adapter)
+    if not isinstance(model, nn.Module) and isinstance(adapter.model, nn.Module):
+        adapter.model.eval()  # built here for inference (a module you pass keeps its mode)
     if device is not None:
         adapter.to(resolve_device(device))
     return adapter
