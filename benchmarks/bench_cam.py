@@ -43,16 +43,12 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def best_time(function, repeats):
-    function()  # warm up
-    times = []
-    for _ in range(repeats):
-        synchronize()
-        start = time.perf_counter()
-        function()
-        synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def run_time(function) -> float:
+    synchronize()
+    start = time.perf_counter()
+    function()
+    synchronize()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -93,12 +89,14 @@ def main() -> None:
                 cam = torch.einsum("k,khw->hw", weight[top[i]], big[0])
                 F.interpolate(cam[None, None], size=geometry.original_size, mode="bilinear", align_corners=False)
 
-    rows = {
-        "forward": best_time(forward, args.repeats),
-        "camloc top-1": best_time(camloc_cams(1), args.repeats),
-        "camloc top-5": best_time(camloc_cams(5), args.repeats),
-        "naive (notebook)": best_time(naive, args.repeats),
-    }
+    contenders = {"forward": forward, "camloc top-1": camloc_cams(1), "camloc top-5": camloc_cams(5),
+                  "naive (notebook)": naive}
+    for function in contenders.values():
+        function()  # warm up
+    rows = {name: float("inf") for name in contenders}
+    for _ in range(args.repeats):  # round-robin: a slow drift of a shared machine hits all alike
+        for name, function in contenders.items():
+            rows[name] = min(rows[name], run_time(function))
     base = rows["forward"]
     print(f"model {model.name}, batch {args.batch}, device {model.device}, {torch.get_num_threads()} threads, "
           f"images {geometries[0].original_size}... (original sizes vary)")
