@@ -126,8 +126,9 @@ class CAMMethod:
     """Base class of map methods; this one is plain CAM (Zhou et al. 2016).
 
     Subclasses override :meth:`compute`; the base restores the model's mode and the grad
-    state, and owns hooks on a target layer (:meth:`capture`). Parameters are never touched,
-    so one model can serve several threads at once.
+    state, and owns hooks on a target layer (:meth:`capture`). Parameters are never touched
+    (no per-call freezing of ``requires_grad``). Hooks live on the shared module, so calls on
+    one model from several threads must be serialised (``camloc serve`` holds a lock).
 
     >>> import torch, camloc
     >>> model = camloc.load_model("resnet18", weights="random")
