@@ -148,7 +148,7 @@ def save_image(picture: Image.Image, path: Path) -> None:
     if path.suffix.lower() in (".jpg", ".jpeg"):
         picture.convert("RGB").save(buffer, format="JPEG", quality=92)
     else:
-        picture.save(buffer, format="PNG", compress_level=1)
+        picture.save(buffer, format="PNG", **render.PNG_OPTIONS)
     write_atomic(path, buffer.getvalue())
 
 

@@ -151,7 +151,7 @@ def data_url(picture: Image.Image, kind: str = "png") -> str:
     if kind == "jpeg":
         picture.save(buffer, "JPEG", quality=90)
     else:
-        picture.save(buffer, "PNG", compress_level=1)
+        picture.save(buffer, "PNG", **render.PNG_OPTIONS)
     return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
