@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import best_times
 
 import camloc
 from camloc.boxes import normalize_maps
@@ -36,19 +36,6 @@ def load_batch(model, batch_size):
     images = [load_image(paths[i % len(paths)]) for i in range(batch_size)]
     tensors, geometries = zip(*(preprocess(im, model.input_size, "squash", model.mean, model.std) for im in images))
     return torch.stack(tensors), list(geometries)
-
-
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def run_time(function) -> float:
-    synchronize()
-    start = time.perf_counter()
-    function()
-    synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -91,12 +78,8 @@ def main() -> None:
 
     contenders = {"forward": forward, "camloc top-1": camloc_cams(1), "camloc top-5": camloc_cams(5),
                   "naive (notebook)": naive}
-    for function in contenders.values():
-        function()  # warm up
-    rows = {name: float("inf") for name in contenders}
-    for _ in range(args.repeats):  # round-robin: a slow drift of a shared machine hits all alike
-        for name, function in contenders.items():
-            rows[name] = min(rows[name], run_time(function))
+    timings = best_times(list(contenders.values()), args.repeats)
+    rows = {name: seconds for name, (seconds, _) in zip(contenders, timings, strict=True)}
     base = rows["forward"]
     print(f"model {model.name}, batch {args.batch}, device {model.device}, {torch.get_num_threads()} threads, "
           f"images {geometries[0].original_size}... (original sizes vary)")

@@ -9,28 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from functools import partial
 from pathlib import Path
 
 import torch
+from timing import best_times
 
 import camloc
 from camloc.models import inference_mode
-
-
-def best_time(function, repeats: int = 5) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        function()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -47,7 +33,7 @@ def main() -> None:
         batch = torch.randn(args.batch, 3, *adapter.input_size, device=adapter.device)
         with inference_mode(adapter.model):
             grid = tuple(adapter.forward_with_features(batch[:1])[1].shape[-2:])
-            seconds = best_time(partial(adapter.model, batch))
+            [(seconds, _)] = best_times([partial(adapter.model, batch)], repeats=5)
         key = "dilated" if adapter.dilated else "as_trained"
         report[key] = {"seconds": seconds, "grid": grid}
         print(f"{adapter.name} {key:10s} grid {grid[0]}x{grid[1]}  forward {seconds * 1000:8.1f} ms")

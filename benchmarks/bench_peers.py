@@ -13,42 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from timing import best_times
 
 import camloc
 from camloc.cam import ClassSelection, get_method
 from camloc.images import maps_to_original_batch, preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(function):
-    sync()
-    start = time.perf_counter()
-    result = function()
-    sync()
-    return time.perf_counter() - start, result
-
-
-def best_times(functions, repeats=3):
-    """Best of ``repeats`` for each function, run round-robin (slow drifts of a shared machine
-    hit every contender alike); one warm-up call each first. Returns ``[(seconds, result)]``."""
-    results = [function() for function in functions]
-    best = [float("inf")] * len(functions)
-    for _ in range(repeats):
-        for index, function in enumerate(functions):
-            best[index] = min(best[index], timed(function)[0])
-    return list(zip(best, results, strict=True))
 
 
 def relu_minmax(maps: torch.Tensor) -> torch.Tensor:
