@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import camloc
+from camloc.boxes import normalize_maps
 from camloc.evaluate import max_box_acc, read_ground_truth, sweep_ious, sweep_thresholds
 from camloc.images import collect_images, load_image, preprocess
 from camloc.models import ClassifierAdapter, dilate_last_stage, inference_mode
@@ -52,10 +53,6 @@ def collect(adapter, paths, classes, size, flip, batch=32):
                 maps = (maps[:half] + maps[half:].flip(-1)) / 2
             records += list(zip(logits, maps, strict=True))
     return records
-
-
-def minmax(m):
-    return (m - m.min()) / (m.max() - m.min()).clamp_min(1e-8)
 
 
 def percentile(q):
@@ -97,7 +94,7 @@ def main() -> None:
     for name, (stages, size, flip) in variants.items():
         adapter = dilate_stages(camloc.load_model(dilate=False), stages)
         records = collect(adapter, paths, classes, size, flip)
-        normalizations = {"": minmax}
+        normalizations = {"": normalize_maps}  # camloc's min-max
         if name.endswith("(default)"):
             normalizations.update({" p90": percentile(0.9), " p99": percentile(0.99)})
         for suffix, normalize in normalizations.items():

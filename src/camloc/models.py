@@ -449,8 +449,8 @@ def dilate_last_stage(adapter: ClassifierAdapter) -> bool:
     saved = {m: (m.stride, m.dilation, m.padding) for m in downsamplers + later}
     for module in downsamplers:
         module.stride = (1, 1)
-    for module in later:
-        if module.kernel_size != (1, 1) and module not in downsamplers:
+    for module in later:  # (a downsampler's input is 2x the final size: never in `later`)
+        if module.kernel_size != (1, 1):
             module.dilation = (module.dilation[0] * 2, module.dilation[1] * 2)
             if not _dynamic_padding(module):
                 module.padding = _same_padding(module)
@@ -552,21 +552,21 @@ def load_model(
     >>> load_model("resnet18", weights="random").feature_layer
     'layer4'
     """
+    suffix = "" if isinstance(model, nn.Module) else Path(str(model)).suffix.lower()
     if isinstance(model, nn.Module):
         adapter = adapt(model, class_names=class_names, input_size=input_size or 224,
                         mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD)
     elif model is None or str(model) in (DEFAULT_MODEL, "default", "tf_efficientnet_lite0"):
         adapter = _load_default(weights)
-    elif Path(str(model)).suffix.lower() in EXTERNAL_SUFFIXES:
+    elif suffix in EXTERNAL_SUFFIXES:
         adapter = _load_external(Path(str(model)), class_names, input_size, preprocess)
-    elif Path(str(model)).suffix.lower() in (".pt", ".pth", ".ckpt", ".bin", ".safetensors"):
+    elif suffix in (".pt", ".pth", ".ckpt", ".bin", ".safetensors"):
         adapter = load_checkpoint(model)
     else:
         adapter = _load_named(str(model), weights, class_names, input_size, mean, std)
     if dilate is None:
         dilate = not isinstance(model, nn.Module)
-    external = not isinstance(model, nn.Module) and Path(str(model)).suffix.lower() in EXTERNAL_SUFFIXES
-    if dilate and not external and adapter.head_error is None:  # Keras/ONNX graphs run as they are
+    if dilate and suffix not in EXTERNAL_SUFFIXES and adapter.head_error is None:  # Keras/ONNX run as they are
         dilate_last_stage(adapter)
     if not isinstance(model, nn.Module) and isinstance(adapter.model, nn.Module):
         adapter.model.eval()  # built here for inference (a module you pass keeps its mode)
