@@ -133,3 +133,12 @@ def test_console_script_is_installed():
     assert script.exists()
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "run" in done.stdout
+
+
+def test_outputs_get_the_permissions_of_ordinary_files(tmp_path):
+    from camloc.runner import write_atomic
+
+    write_atomic(tmp_path / "atomic.bin", b"data")
+    (tmp_path / "plain.bin").write_bytes(b"data")
+    assert (tmp_path / "atomic.bin").stat().st_mode == (tmp_path / "plain.bin").stat().st_mode
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind

@@ -131,21 +131,35 @@ def boxes_from_mask(mask: np.ndarray, largest_only: bool = True, min_area: float
 
     ``min_area`` is a fraction of the image area (components smaller are dropped, except
     that the largest is always kept when ``largest_only``).
+
+    >>> mask = np.zeros((6, 8), bool); mask[1:3, 1:3] = True; mask[3:6, 4:8] = True
+    >>> boxes_from_mask(mask), boxes_from_mask(mask, largest_only=False)
+    ([(4, 3, 8, 6)], [(4, 3, 8, 6), (1, 1, 3, 3)])
     """
     labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
     if count == 0:
         return []
+    if count == 1:  # the usual case of a smooth map: the box of the mask itself
+        return [_extent(mask)]
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     order = np.argsort(-areas, kind="stable")
+    if largest_only:
+        return [_extent(labels == order[0] + 1)]
     slices = ndimage.find_objects(labels)
     limit = min_area * mask.size
     boxes: list[Box] = []
-    for rank, index in enumerate(order[:1] if largest_only else order):
+    for rank, index in enumerate(order):
         if rank > 0 and areas[index] < limit:
             break
         rows, cols = slices[index]
         boxes.append((int(cols.start), int(rows.start), int(cols.stop), int(rows.stop)))
     return boxes
+
+
+def _extent(mask: np.ndarray) -> Box:
+    """The box ``(xmin, ymin, xmax, ymax)`` of the True pixels of a non-empty mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
 
 
 def boxes_from_map(

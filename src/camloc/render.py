@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import functools
 import math
+import struct
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
+
+try:  # ISA-L's deflate: ~4x faster than zlib at level 1, same format
+    from isal import isal_zlib as _deflate_library
+except ImportError:  # pragma: no cover - isal has wheels for the usual platforms
+    _deflate_library = None
 
 from .cam import Explanation
 
@@ -25,8 +33,9 @@ DEFAULT_ALPHA = 0.5
 BOX_COLOR = (255, 255, 255)
 GT_BOX_COLOR = (0, 255, 0)
 
-# PNG: zlib level 1 with the run-length strategy (Z_RLE): on overlays and panels ~10% faster
-# to encode than zlib's default strategy at the same level, and 2-15% smaller files
+# PNG as Pillow writes it (report plots, where size matters more than speed): zlib level 1
+# with the run-length strategy (Z_RLE). Outputs of `camloc run` and `camloc serve` go through
+# encode_png instead, ~8x faster (benchmarks/bench_render.py).
 PNG_OPTIONS = {"compress_level": 1, "compress_type": 3}
 
 
@@ -48,8 +57,12 @@ def colormap_lut(name: str = DEFAULT_COLORMAP) -> torch.Tensor:
 def colorize(normalized: torch.Tensor, colormap: str = DEFAULT_COLORMAP) -> torch.Tensor:
     """``(..., H, W)`` maps in [0, 1] → ``(..., H, W, 3)`` uint8 colours."""
     lut = colormap_lut(colormap).to(normalized.device)
-    index = (normalized.clamp(0, 1) * 255).round().long()
-    return lut[index]
+    return F.embedding(lut_index(normalized), lut)
+
+
+def lut_index(normalized: torch.Tensor) -> torch.Tensor:
+    """Maps in [0, 1] → the nearest of the 256 colormap entries (int64)."""
+    return normalized.clamp(0, 1).mul_(255).round_().long()
 
 
 def blend(
@@ -59,16 +72,71 @@ def blend(
     colormap: str = DEFAULT_COLORMAP,
     coverage: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 image + ``(H, W)`` map → overlay ``(H, W, 3)`` uint8.
+    """``(H, W, 3)`` uint8 image + ``(H, W)`` map → overlay ``(H, W, 3)`` uint8,
+    ``round((1 - alpha) * image + alpha * colour)``.
 
-    Pixels the network did not see (``coverage`` False) keep the plain image.
+    Pixels the network did not see (``coverage`` False) keep the plain image. The colours
+    come pre-scaled by ``alpha`` from a 256-entry table, so a pixel costs one lookup and
+    one multiply-add.
+
+    >>> image = torch.zeros(2, 2, 3, dtype=torch.uint8)
+    >>> blend(image, torch.ones(2, 2), alpha=0.5, colormap="gray")[0, 0].tolist()
+    [128, 128, 128]
     """
-    colors = colorize(normalized, colormap).float()
-    weight = torch.full(normalized.shape, float(alpha), device=normalized.device)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    scaled_lut = colormap_lut(colormap).to(normalized.device).float().mul_(alpha)
+    mixed = image.float().mul_(1.0 - alpha).add_(F.embedding(lut_index(normalized), scaled_lut))
+    blended = mixed.round_().clamp_(0, 255).to(torch.uint8)
     if coverage is not None:
-        weight = weight * coverage.to(weight.device)
-    mixed = image.float() * (1 - weight[..., None]) + colors * weight[..., None]
-    return mixed.round().clamp(0, 255).to(torch.uint8)
+        blended = torch.where(coverage.to(blended.device)[..., None], blended, image)
+    return blended
+
+
+def encode_png(picture: Image.Image | np.ndarray | torch.Tensor, level: int = 1) -> bytes:
+    """A fast PNG encoder for 8-bit grey, RGB and RGBA pictures (``(H, W[, C])`` uint8).
+
+    Every row gets PNG's "up" filter (the difference to the row above, one vectorised
+    subtraction) and the stream is deflated by ISA-L (zlib when isal is missing) at
+    ``level``. About 8x faster than Pillow's PNG writer (which tries five filters on each
+    row) for files ~15% larger; any PNG reader opens them.
+
+    >>> import io
+    >>> data = encode_png(np.full((4, 5, 3), 200, np.uint8))
+    >>> Image.open(io.BytesIO(data)).getpixel((4, 3))
+    (200, 200, 200)
+    """
+    if isinstance(picture, Image.Image):
+        if picture.mode not in ("L", "RGB", "RGBA"):
+            picture = picture.convert("RGBA" if "A" in picture.mode else "RGB")
+        pixels = np.asarray(picture)
+    elif isinstance(picture, torch.Tensor):
+        pixels = picture.detach().cpu().numpy()
+    else:
+        pixels = np.asarray(picture)
+    if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (3, 4)) \
+            or 0 in pixels.shape:
+        raise ValueError(f"encode_png takes (H, W), (H, W, 3) or (H, W, 4) uint8, got {pixels.dtype} {pixels.shape}")
+    height, width = pixels.shape[:2]
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    rows = pixels.reshape(height, width * channels)
+    filtered = np.empty((height, width * channels + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # filter type "up"
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as PNG wants
+    if _deflate_library is not None:
+        data = _deflate_library.compress(filtered, min(level, 3))
+    else:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+        data = compressor.compress(filtered) + compressor.flush()
+    color_type = {1: 0, 3: 2, 4: 6}[channels]
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    checksum = zlib.crc32(payload, zlib.crc32(kind))
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", checksum)
 
 
 def image_tensor(image: Image.Image) -> torch.Tensor:

@@ -130,11 +130,23 @@ class RunSummary:
 # --------------------------------------------------------------------------- atomic writes
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_read_umask()  # what open() would give (mkstemp's files are 0600)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    """Write ``data`` to ``path`` through a temporary file and a rename (the file gets the
+    usual permissions of the user's umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(handle, FILE_MODE)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
         os.replace(temporary, path)
@@ -144,12 +156,14 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def save_image(picture: Image.Image, path: Path) -> None:
-    buffer = io.BytesIO()
+    """``picture`` as JPEG (by the suffix) or PNG (camloc's fast encoder), atomically."""
     if path.suffix.lower() in (".jpg", ".jpeg"):
+        buffer = io.BytesIO()
         picture.convert("RGB").save(buffer, format="JPEG", quality=92)
+        data = buffer.getvalue()
     else:
-        picture.save(buffer, format="PNG", **render.PNG_OPTIONS)
-    write_atomic(path, buffer.getvalue())
+        data = render.encode_png(picture)
+    write_atomic(path, data)
 
 
 def save_array(array: np.ndarray, path: Path) -> None:

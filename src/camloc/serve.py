@@ -147,12 +147,13 @@ def decode_upload(data: bytes, name: str, content_type: str | None, max_pixels: 
 
 def data_url(picture: Image.Image, kind: str = "png") -> str:
     """A picture as a ``data:image/...;base64,`` URL."""
-    buffer = io.BytesIO()
     if kind == "jpeg":
+        buffer = io.BytesIO()
         picture.save(buffer, "JPEG", quality=90)
+        data = buffer.getvalue()
     else:
-        picture.save(buffer, "PNG", **render.PNG_OPTIONS)
-    return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+        data = render.encode_png(picture)
+    return f"data:image/{kind};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def display_size(width: int, height: int, max_side: int) -> tuple[int, int]:

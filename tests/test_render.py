@@ -1,0 +1,107 @@
+"""The fast rendering paths against straightforward references: colour blending on
+tensors, the PNG encoder, and boxes of masks."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from camloc import render
+from camloc.boxes import boxes_from_mask
+
+
+def reference_blend(image, normalized, alpha, colormap, coverage=None):
+    """The obvious way: each pixel's nearest colour (index rounded in the maps' float32),
+    mixed in float64, rounded."""
+    lut = render.colormap_lut(colormap).double()
+    index = (normalized.clamp(0, 1) * 255).round().long().numpy()
+    weight = np.full(normalized.shape, alpha)
+    if coverage is not None:
+        weight = weight * coverage.numpy()
+    mixed = image.double().numpy() * (1 - weight[..., None]) + lut.numpy()[index] * weight[..., None]
+    return torch.from_numpy(np.rint(mixed).clip(0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.35, 0.5, 1.0])
+@pytest.mark.parametrize("colormap", ["jet", "viridis", "gray"])
+def test_blend_matches_the_reference(alpha, colormap):
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (37, 53, 3), dtype=torch.uint8, generator=generator)
+    normalized = torch.rand(37, 53, generator=generator)
+    normalized[0, :4] = torch.tensor([0.0, 1.0, 0.5, 0.999])  # the ends of the colormap
+    fast = render.blend(image, normalized, alpha, colormap)
+    difference = (fast.int() - reference_blend(image, normalized, alpha, colormap).int()).abs()
+    assert fast.dtype == torch.uint8 and fast.shape == image.shape
+    assert difference.max() <= 1 and (difference > 0).float().mean() < 0.01  # float32 vs float64 ties
+
+
+def test_blend_keeps_the_image_outside_the_coverage():
+    image = torch.randint(0, 256, (20, 30, 3), dtype=torch.uint8)
+    normalized = torch.rand(20, 30)
+    coverage = torch.zeros(20, 30, dtype=torch.bool)
+    coverage[:, 5:25] = True
+    fast = render.blend(image, normalized, 0.6, "jet", coverage)
+    assert torch.equal(fast[:, :5], image[:, :5]) and torch.equal(fast[:, 25:], image[:, 25:])
+    reference = reference_blend(image, normalized, 0.6, "jet", coverage)
+    assert (fast.int() - reference.int()).abs().max() <= 1
+
+
+def test_blend_rejects_an_opacity_out_of_range():
+    with pytest.raises(ValueError, match="alpha"):
+        render.blend(torch.zeros(2, 2, 3, dtype=torch.uint8), torch.zeros(2, 2), alpha=1.5)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 9), (1, 40, 3), (33, 1, 3), (61, 47, 3), (16, 16, 4)])
+def test_png_round_trips_exactly(shape):
+    pixels = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    decoded = Image.open(io.BytesIO(render.encode_png(pixels)))
+    decoded.load()  # checks the CRCs and the deflate stream
+    assert decoded.mode == {2: "L", 3: "RGB", 4: "RGBA"}[len(shape) if len(shape) == 2 else 3 + (shape[2] == 4)]
+    assert np.array_equal(np.asarray(decoded), pixels)
+
+
+def test_png_of_a_real_overlay_is_smaller_than_raw_and_opens_as_rgb(tmp_path):
+    photo = Image.open("examples/images/chelsea_cat.jpg").convert("RGB")
+    data = render.encode_png(photo)
+    assert len(data) < 0.8 * photo.width * photo.height * 3
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), np.asarray(photo))
+    palette = photo.convert("P")  # other modes are converted first
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(render.encode_png(palette)))),
+                          np.asarray(palette.convert("RGB")))
+    assert render.encode_png(torch.from_numpy(np.array(photo))) == data
+
+
+def test_png_rejects_what_it_cannot_write():
+    with pytest.raises(ValueError, match="uint8"):
+        render.encode_png(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        render.encode_png(np.zeros((0, 4, 3), np.uint8))
+
+
+def reference_boxes(mask, largest_only, min_area):
+    """Every component's box from find_objects, ordered by area (ties by label)."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    found = []
+    for label, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
+        found.append((-(labels == label).sum(), label, (cols.start, rows.start, cols.stop, rows.stop)))
+    found.sort()
+    boxes = [box for _, _, box in found]
+    if largest_only:
+        return boxes[:1]
+    return boxes[:1] + [box for area, _, box in found[1:] if -area >= min_area * mask.size]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_boxes_of_masks_match_the_reference(seed):
+    generator = np.random.default_rng(seed)
+    smooth = ndimage.gaussian_filter(generator.random((48, 70)), sigma=generator.uniform(1, 6))
+    mask = smooth >= np.quantile(smooth, generator.uniform(0.3, 0.95))
+    for largest_only in (True, False):
+        expected = reference_boxes(mask, largest_only, 0.01)
+        assert boxes_from_mask(mask, largest_only, 0.01) == expected
+    assert boxes_from_mask(np.zeros((5, 5), bool)) == []
