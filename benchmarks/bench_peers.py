@@ -1,10 +1,11 @@
 """camloc against TorchCAM and pytorch-grad-cam: same maps, then times.
 
-    python benchmarks/bench_peers.py [--model resnet18] [--batch 32] [--device cuda] [--scorecam]
+    python benchmarks/bench_peers.py [--model resnet18] [--batch 32] [--size 224] [--device cuda] [--scorecam]
 
-Same random-weight model, same 224x224 images (the bundled photos squashed to 224, taken
+Same random-weight model, same SIZExSIZE images (the bundled photos squashed to SIZE, taken
 as the originals, so every map ends at that resolution), same batch, top-1 class, last
-stage as target layer. Each map set is checked equal to camloc's after the same
+stage as target layer. ``--batch 1 --size 32`` shows each implementation's fixed cost per
+call (hooks, bookkeeping, kernel launches), which is what a GPU's batch 32 mostly measures. Each map set is checked equal to camloc's after the same
 normalisation (ReLU, min-max) before the times are compared. Peers are a benchmark extra
 (`pip install camloc[peers]`), not run-time dependencies.
 """
@@ -28,15 +29,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def relu_minmax(maps: torch.Tensor) -> torch.Tensor:
+    shape = maps.shape
     maps = maps.float().clamp_min(0).flatten(1)
     low, high = maps.amin(1, keepdim=True), maps.amax(1, keepdim=True)
-    return ((maps - low) / (high - low).clamp_min(1e-8)).view(-1, 224, 224)
+    return ((maps - low) / (high - low).clamp_min(1e-8)).view(shape)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224, help="side of the (square) images")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--scorecam", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
@@ -50,10 +53,11 @@ def main() -> None:
     from torchcam.methods import ScoreCAM as TcScoreCAM
 
     adapter = camloc.load_model(args.model, weights="random", device=args.device)
-    net, layer = adapter.model.eval(), adapter.feature_layer
+    net, layer, size = adapter.model.eval(), adapter.feature_layer, args.size
+    classifier = next(name for name, module in net.named_modules() if getattr(module, "weight", None) is adapter.weight)
     paths = sorted((ROOT / "examples" / "images").glob("*.jpg"))
-    images = [Image.open(paths[i % len(paths)]).convert("RGB").resize((224, 224)) for i in range(args.batch)]
-    tensors, geometries = zip(*(preprocess(im, 224, "squash", adapter.mean, adapter.std) for im in images),
+    images = [Image.open(paths[i % len(paths)]).convert("RGB").resize((size, size)) for i in range(args.batch)]
+    tensors, geometries = zip(*(preprocess(im, size, "squash", adapter.mean, adapter.std) for im in images),
                               strict=True)
     batch = torch.stack(tensors).to(adapter.device)
     with torch.no_grad():
@@ -73,7 +77,7 @@ def main() -> None:
                 with torch.set_grad_enabled(kind is not TcCAM and kind is not TcScoreCAM):
                     scores = net(batch)
                 [maps] = extractor(classes, scores)
-            return F.interpolate(maps[:, None].float(), size=(224, 224), mode="bilinear", align_corners=False)[:, 0]
+            return F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
         return go
 
     def pgc_maps(kind, **kw):
@@ -84,23 +88,23 @@ def main() -> None:
                 return torch.from_numpy(extractor(batch, [ClassifierOutputTarget(c) for c in classes]))
         return go
 
-    runs = {"cam": [("camloc", camloc_maps("cam")), ("torchcam", torchcam_maps(TcCAM))],
+    runs = {"cam": [("camloc", camloc_maps("cam")), ("torchcam", torchcam_maps(TcCAM, fc_layer=classifier))],
             "gradcam": [("camloc", camloc_maps("gradcam")), ("torchcam", torchcam_maps(TcGradCAM)),
                         ("pytorch-grad-cam", pgc_maps(PgcGradCAM))]}
     if args.scorecam:
         runs["scorecam"] = [("camloc", camloc_maps("scorecam")),
                             ("torchcam", torchcam_maps(TcScoreCAM, batch_size=args.batch)),
                             ("pytorch-grad-cam", pgc_maps(PgcScoreCAM))]
-    report = {"model": args.model, "batch": args.batch, "device": str(adapter.device)}
-    print(f"{args.model} (random weights), batch {args.batch}, 224x224, device {adapter.device}")
-    print(f"{'method':10s} {'implementation':18s} {'seconds':>9s} {'× camloc':>9s} {'max |Δ| vs camloc':>18s}")
+    report = {"model": args.model, "batch": args.batch, "size": size, "device": str(adapter.device)}
+    print(f"{args.model} (random weights), batch {args.batch}, {size}x{size}, device {adapter.device}")
+    print(f"{'method':10s} {'implementation':18s} {'ms':>10s} {'× camloc':>9s} {'max |Δ| vs camloc':>18s}")
     def forward_only():
         with torch.no_grad():
             return net(batch)
 
     forward_seconds = best_times([forward_only], repeats=args.repeats)[0][0]
     report["forward_seconds"] = forward_seconds
-    print(f"{'forward':10s} {'(no maps)':18s} {forward_seconds:9.4f}")
+    print(f"{'forward':10s} {'(no maps)':18s} {forward_seconds * 1e3:10.3f}")
     for method, contenders in runs.items():
         reference = None
         timings = best_times([function for _, function in contenders],
@@ -112,7 +116,7 @@ def main() -> None:
             else:
                 diff = float((maps - reference).abs().max())
             report[f"{method}/{name}"] = {"seconds": seconds, "max_abs_diff": diff}
-            print(f"{method:10s} {name:18s} {seconds:9.4f} {seconds / camloc_seconds:9.2f} {diff:18.2e}")
+            print(f"{method:10s} {name:18s} {seconds * 1e3:10.3f} {seconds / camloc_seconds:9.2f} {diff:18.2e}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 
