@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def load_batch(model, batch_size):
     paths = sorted((ROOT / "examples" / "images").glob("*.jpg"))
     images = [load_image(paths[i % len(paths)]) for i in range(batch_size)]
-    tensors, geometries = zip(*(preprocess(im, model.input_size, "squash", model.mean, model.std) for im in images))
+    tensors, geometries = zip(*(preprocess(im, model.input_size, "squash", model.mean, model.std) for im in images),
+                              strict=True)
     return torch.stack(tensors), list(geometries)
 
 
@@ -88,7 +89,8 @@ def main() -> None:
         print(f"{name:20s} {seconds:9.4f} {seconds / base:10.3f} {100 * (seconds / base - 1):8.1f}%")
     print(f"naive / camloc top-1: {rows['naive (notebook)'] / rows['camloc top-1']:.1f}×")
     if args.json:
-        args.json.write_text(json.dumps({"model": model.name, "batch": args.batch, "device": str(model.device), "seconds": rows}, indent=2))
+        report = {"model": model.name, "batch": args.batch, "device": str(model.device), "seconds": rows}
+        args.json.write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ def test_cpu_and_gpu_agree(photos, tmp_path):
         assert b.normalized.device.type == "cuda"
         torch.testing.assert_close(a.normalized, b.normalized.cpu(), atol=2e-2, rtol=0)
         for boxes_a, boxes_b in zip(a.boxes, b.boxes, strict=True):
-            assert torch.tensor(boxes_a, dtype=torch.float).sub(torch.tensor(boxes_b, dtype=torch.float)).abs().max() <= 3
+            gap = torch.tensor(boxes_a, dtype=torch.float) - torch.tensor(boxes_b, dtype=torch.float)
+            assert gap.abs().max() <= 3
     summary = run(gpu_model, [str(p) for p in paths], RunOptions(out=tmp_path / "gpu", topk=2, amp=True))
     assert summary.done == 3
     records = [json.loads(line) for line in (tmp_path / "gpu" / "results.jsonl").read_text().splitlines()]

@@ -25,7 +25,6 @@ import torch
 from PIL import Image
 
 from .boxes import (
-    DEFAULT_THRESHOLD,
     NORMALIZATIONS,
     Box,
     Threshold,
@@ -419,10 +418,11 @@ def finish(
         covered = coverage_mask(geometry, output.maps.device) if geometry.policy == "center-crop" else None
         maps = resampled[i]
         normalized = normalize_maps(maps, covered, box_options.normalization)
+        names = model.class_names
         results.append(Explanation(
             geometry=geometry,
-            predictions=[Prediction(c, model.class_names[c], s) for c, s in zip(top_indices[i], top_values[i], strict=True)],
-            targets=[Prediction(c, model.class_names[c], s) for c, s in zip(classes[i], scores[i], strict=True)],
+            predictions=[Prediction(c, names[c], s) for c, s in zip(top_indices[i], top_values[i], strict=True)],
+            targets=[Prediction(c, names[c], s) for c, s in zip(classes[i], scores[i], strict=True)],
             maps=maps,
             normalized=normalized,
             boxes=[boxes_from_map(m, box_options.threshold, box_options.largest_only, box_options.min_area)

@@ -120,7 +120,8 @@ def run(
     model: ModelOption = None,
     weights: WeightsOption = None,
     topk: Annotated[int, typer.Option("--topk", "-k", help="explain the k most likely classes")] = 1,
-    rank: Annotated[int | None, typer.Option("--rank", help="explain only the n-th most likely class (1 = top)")] = None,
+    rank: Annotated[int | None, typer.Option(
+        "--rank", help="explain only the n-th most likely class (1 = top)")] = None,
     classes: Annotated[list[str] | None, typer.Option(
         "--class", "-c", help="explain this class (name or index); repeatable")] = None,
     method: MethodOption = "auto",
@@ -328,7 +329,8 @@ def info(model: ModelOption = None, weights: WeightsOption = None, device: Devic
 @app.command()
 def train(
     data: Annotated[Path | None, typer.Argument(help="folder with one sub-folder of images per class")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="output folder (or a .pt checkpoint path)")] = Path("camloc-train"),
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="output folder (or a .pt checkpoint path)")] = Path("camloc-train"),
     train_dir: Annotated[Path | None, typer.Option("--train", help="training folder (with --val)")] = None,
     val_dir: Annotated[Path | None, typer.Option("--val", help="validation folder (with --train)")] = None,
     model: ModelOption = None,
@@ -343,10 +345,14 @@ def train(
     schedule: Annotated[str, typer.Option("--schedule", help="cosine, step or constant")] = "cosine",
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", min=0.0, max=0.99)] = 0.0,
     balance: Annotated[bool, typer.Option("--balance", help="weight classes by inverse frequency")] = False,
-    image_size: Annotated[int | None, typer.Option("--image-size", help="network input side (default: the backbone's)")] = None,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", help="validation share per class without --val")] = 0.2,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="random resized crops and flips when fine-tuning")] = True,
-    patience: Annotated[int | None, typer.Option("--patience", help="early stop after N epochs without a better val accuracy")] = None,
+    image_size: Annotated[int | None, typer.Option(
+        "--image-size", help="network input side (default: the backbone's)")] = None,
+    val_fraction: Annotated[float, typer.Option(
+        "--val-fraction", help="validation share per class without --val")] = 0.2,
+    augment: Annotated[bool, typer.Option(
+        "--augment/--no-augment", help="random resized crops and flips when fine-tuning")] = True,
+    patience: Annotated[int | None, typer.Option(
+        "--patience", help="early stop after N epochs without a better val accuracy")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run in --out")] = False,
@@ -356,7 +362,8 @@ def train(
     device: DeviceOption = "auto",
 ) -> None:
     """Train a GAP + linear classifier on labelled folders; its CAMs work everywhere camloc does."""
-    from .train import TrainOptions, train as train_job
+    from .train import TrainOptions
+    from .train import train as train_job
 
     options = TrainOptions(
         data=data, out=out, train_dir=train_dir, val_dir=val_dir, model=model,
