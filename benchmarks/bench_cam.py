@@ -2,11 +2,12 @@
 
 Same model, same images, same batch, one run. Prints times and ratios:
 
-    python benchmarks/bench_cam.py [--batch 32] [--model efficientnet_lite0] [--repeats 3]
+    python benchmarks/bench_cam.py [--batch 1,8,32] [--model efficientnet_lite0] [--repeats 3]
 
 - forward:        the model's forward pass alone (no_grad)
-- camloc top-1:   forward + camloc's CAM of the top class, upsampled to each image's
-                  original size (and normalised)
+- camloc top-1:   forward + camloc's CAM of the top class, resampled to each image's
+                  original size, normalised, boxes and predictions (``camloc.cam.finish``:
+                  what ``camloc.explain`` returns, without decoding)
 - camloc top-5:   the same for the five most likely classes
 - naive (Keras notebook): forward, then per image upsample the K feature channels to the
   input size (224x224, as the notebook did) and dot them with the class weights
@@ -23,9 +24,8 @@ import torch.nn.functional as F
 from timing import best_times
 
 import camloc
-from camloc.boxes import normalize_maps
-from camloc.cam import CAMMethod, ClassSelection
-from camloc.images import load_image, maps_to_original, preprocess
+from camloc.cam import CAMMethod, ClassSelection, finish
+from camloc.images import load_image, preprocess
 from camloc.models import inference_mode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def load_batch(model, batch_size):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", default="32", help="batch sizes, comma-separated (1,8,32)")
     parser.add_argument("--model", default=None)
     parser.add_argument("--weights", default=None)
     parser.add_argument("--repeats", type=int, default=3)
@@ -49,7 +49,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     model = camloc.load_model(args.model, weights=args.weights, device=args.device)
-    batch, geometries = load_batch(model, args.batch)
+    reports = [measure(model, int(size), args.repeats) for size in args.batch.split(",")]
+    if args.json:
+        args.json.write_text(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
+
+
+def measure(model, batch_size: int, repeats: int) -> dict:
+    batch, geometries = load_batch(model, batch_size)
     batch = batch.to(model.device)
     if model.device.type == "cuda":
         batch = batch.contiguous(memory_format=torch.channels_last)
@@ -62,9 +68,7 @@ def main() -> None:
         method = CAMMethod(model)
 
         def go():
-            output = method(batch, ClassSelection(topk=k))
-            for i, geometry in enumerate(geometries):
-                normalize_maps(maps_to_original(output.maps[i], geometry))
+            return finish(method(batch, ClassSelection(topk=k)), geometries, model)
         return go
 
     def naive():
@@ -79,19 +83,16 @@ def main() -> None:
 
     contenders = {"forward": forward, "camloc top-1": camloc_cams(1), "camloc top-5": camloc_cams(5),
                   "naive (notebook)": naive}
-    timings = best_times(list(contenders.values()), args.repeats)
+    timings = best_times(list(contenders.values()), repeats)
     rows = {name: seconds for name, (seconds, _) in zip(contenders, timings, strict=True)}
     base = rows["forward"]
-    print(f"model {model.name}, batch {args.batch}, device {model.device}, {torch.get_num_threads()} threads, "
+    print(f"model {model.name}, batch {batch_size}, device {model.device}, {torch.get_num_threads()} threads, "
           f"images {geometries[0].original_size}... (original sizes vary)")
     print(f"{'':20s} {'seconds':>9s} {'× forward':>10s} {'overhead':>9s}")
     for name, seconds in rows.items():
         print(f"{name:20s} {seconds:9.4f} {seconds / base:10.3f} {100 * (seconds / base - 1):8.1f}%")
-    print(f"naive / camloc top-1: {rows['naive (notebook)'] / rows['camloc top-1']:.1f}×")
-    if args.json:
-        report = {"model": model.name, "batch": args.batch, "device": str(model.device), "seconds": rows}
-        args.json.write_text(json.dumps(report, indent=2))
-
+    print(f"naive / camloc top-1: {rows['naive (notebook)'] / rows['camloc top-1']:.1f}×\n")
+    return {"model": model.name, "batch": batch_size, "device": str(model.device), "seconds": rows}
 
 if __name__ == "__main__":
     main()

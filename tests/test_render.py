@@ -12,7 +12,7 @@ from PIL import Image
 from scipy import ndimage
 
 from camloc import render
-from camloc.boxes import boxes_from_mask
+from camloc.boxes import boxes_from_map, boxes_from_maps, boxes_from_mask, mask_components, threshold_level
 
 
 def reference_blend(image, normalized, alpha, colormap, coverage=None):
@@ -96,12 +96,64 @@ def reference_boxes(mask, largest_only, min_area):
     return boxes[:1] + [box for area, _, box in found[1:] if -area >= min_area * mask.size]
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(40))
 def test_boxes_of_masks_match_the_reference(seed):
     generator = np.random.default_rng(seed)
-    smooth = ndimage.gaussian_filter(generator.random((48, 70)), sigma=generator.uniform(1, 6))
-    mask = smooth >= np.quantile(smooth, generator.uniform(0.3, 0.95))
+    height, width = generator.integers(1, 80, size=2)
+    if seed % 4 == 3:  # salt and pepper: many tiny components, equal areas, diagonal contacts
+        mask = generator.random((height, width)) < generator.uniform(0.1, 0.6)
+    else:  # a smooth map thresholded, as CAMs are
+        smooth = ndimage.gaussian_filter(generator.random((height, width)), sigma=generator.uniform(0.5, 6))
+        mask = smooth >= np.quantile(smooth, generator.uniform(0.0, 0.97))
     for largest_only in (True, False):
-        expected = reference_boxes(mask, largest_only, 0.01)
-        assert boxes_from_mask(mask, largest_only, 0.01) == expected
+        for min_area in (0.0, 0.01):
+            assert boxes_from_mask(mask, largest_only, min_area) == reference_boxes(mask, largest_only, min_area)
+    areas, _ = mask_components(mask)
+    assert areas.sum() == mask.sum()
+
+
+def test_components_of_edge_cases():
     assert boxes_from_mask(np.zeros((5, 5), bool)) == []
+    assert boxes_from_mask(np.ones((1, 1), bool)) == [(0, 0, 1, 1)]
+    assert boxes_from_mask(np.ones((3, 7), bool)) == [(0, 0, 7, 3)]
+    diagonal = np.eye(6, dtype=bool)
+    assert boxes_from_mask(diagonal) == [(0, 0, 6, 6)]  # 8-connected
+    assert boxes_from_mask(np.fliplr(diagonal)) == [(0, 0, 6, 6)]
+    stripes = np.zeros((5, 9), bool)
+    stripes[:, ::2] = True  # five columns two pixels apart: five components
+    assert len(boxes_from_mask(stripes, largest_only=False)) == 5
+
+
+@pytest.mark.parametrize("threshold", [0.25, 0.6, "otsu", "mean"])
+def test_a_stack_of_maps_gives_each_map_its_own_boxes(threshold):
+    generator = np.random.default_rng(7)
+    maps = torch.from_numpy(np.stack([ndimage.gaussian_filter(generator.random((40, 50)), 3) for _ in range(5)]))
+    low, high = maps.amin((1, 2), keepdim=True), maps.amax((1, 2), keepdim=True)
+    maps = (maps - low) / (high - low)
+    maps[1, -1, :] = 1.0  # touches the next map's first row in the stack: must stay apart
+    maps[2, 0, :] = 1.0
+    for largest_only in (True, False):
+        stacked = boxes_from_maps(maps.float(), threshold, largest_only)
+        assert stacked == [boxes_from_map(m.float(), threshold, largest_only) for m in maps]
+        one_by_one = [reference_boxes((m >= threshold_level(m, threshold)).numpy(), largest_only, 0.0)
+                      for m in maps.float()]
+        assert stacked == one_by_one
+
+
+@pytest.mark.parametrize("mode", ["minmax", "max"])
+def test_normalized_maps_match_float64_and_stay_in_range(mode):
+    from camloc.boxes import normalize_maps
+
+    generator = torch.Generator().manual_seed(3)
+    maps = torch.randn(4, 33, 47, generator=generator) * torch.tensor([1e-3, 1.0, 50.0, 1e4]).view(4, 1, 1)
+    normalized = normalize_maps(maps, mode=mode)
+    values = maps.double().flatten(1)
+    if mode == "max":
+        values = values.clamp_min(0)
+        low = torch.zeros(4, 1, dtype=torch.float64)
+    else:
+        low = values.amin(1, keepdim=True)
+    reference = ((values - low) / (values.amax(1, keepdim=True) - low)).view_as(maps)
+    assert normalized.min() >= 0 and normalized.max() <= 1  # exactly, without a clamp
+    assert (normalized.double() - reference).abs().max() < 1e-6
+    assert torch.equal(normalized.amax((1, 2)), torch.ones(4))
