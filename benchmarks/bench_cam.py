@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timing import best_times
+from timing import allocator_option, apply_allocator, best_times
 
 import camloc
 from camloc.cam import CAMMethod, ClassSelection, finish
@@ -47,7 +47,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None)
+    allocator_option(parser)
     args = parser.parse_args()
+    malloc = apply_allocator(args)
+    print(f"allocator: {malloc}")
     model = camloc.load_model(args.model, weights=args.weights, device=args.device)
     reports = [measure(model, int(size), args.repeats) for size in args.batch.split(",")]
     if args.json:

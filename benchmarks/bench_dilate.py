@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from timing import best_times
+from timing import allocator_option, apply_allocator, best_times
 
 import camloc
 from camloc.models import inference_mode
@@ -26,7 +26,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None)
+    allocator_option(parser)
     args = parser.parse_args()
+    malloc = apply_allocator(args)
+    print(f"allocator: {malloc}")
     report = {"batch": args.batch, "device": args.device}
     for dilate in (False, True):
         adapter = camloc.load_model(args.model, weights=args.weights, device=args.device, dilate=dilate)

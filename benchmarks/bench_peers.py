@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from timing import best_times
+from timing import allocator_option, apply_allocator, best_times
 
 import camloc
 from camloc.cam import ClassSelection, get_method
@@ -45,7 +45,10 @@ def main() -> None:
     parser.add_argument("--scorecam", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
+    allocator_option(parser)
     args = parser.parse_args()
+    malloc = apply_allocator(args)
+    print(f"allocator: {malloc}")
     from pytorch_grad_cam import GradCAM as PgcGradCAM
     from pytorch_grad_cam import ScoreCAM as PgcScoreCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from timing import allocator_option, apply_allocator
 from torch.utils.data import DataLoader
 
 import camloc
@@ -78,7 +79,10 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--memory", default="", help="comma-separated image counts for the peak-RSS runs")
     parser.add_argument("--json", type=Path, default=None)
+    allocator_option(parser)
     args = parser.parse_args()
+    malloc = apply_allocator(args)
+    print(f"allocator: {malloc}")
     scratch = Path(tempfile.mkdtemp(prefix="camloc-bench-"))
     try:
         folder = make_folder(scratch / "images", args.images)

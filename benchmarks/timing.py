@@ -3,11 +3,29 @@ module is importable as ``timing``)."""
 
 from __future__ import annotations
 
+import argparse
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+
+from camloc.allocator import tune_allocator
+
+
+def allocator_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (the camloc command tunes it: camloc.allocator)")
+
+
+def apply_allocator(args: argparse.Namespace) -> str:
+    """Tune the allocator as the ``camloc`` command does (for every contender of the run
+    alike), unless ``--default-malloc``; returns which one is in use."""
+    if args.default_malloc:
+        os.environ["CAMLOC_MALLOC"] = "default"  # child `camloc` processes too
+        return "glibc default"
+    return "tuned (camloc.allocator)" if tune_allocator() else "default (no mallopt)"
 
 
 def synchronize() -> None:

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .allocator import tune_allocator
 from .cam import DEFAULT_BOX_THRESHOLD, DEFAULT_FLIP, DEFAULT_NORMALIZATION, DEFAULT_SCALES
 from .errors import CamlocError
 
@@ -436,6 +437,7 @@ def export(
 
 def main() -> None:
     """Console entry point: one clear line for user errors, never a traceback."""
+    tune_allocator()
     try:
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)

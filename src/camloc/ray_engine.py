@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .allocator import tune_allocator
 from .cam import finish, get_method
 from .errors import CamlocError
 from .images import Geometry, collect_images
@@ -225,6 +226,7 @@ class ExplainBatch:
         import ray
 
         torch.set_num_threads(max(1, threads))
+        tune_allocator()  # each worker process, as the camloc command does for itself
         self.model: ClassifierAdapter = ray.get(model_ref[0]).to(resolve_device(device))
         self.options, self.out = options, Path(options.out)
         self.selection, self.box_options = options.selection(), options.box_options()
