@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import shutil
 import subprocess
 import sys
@@ -63,11 +63,14 @@ def forward_only(model, paths, batch, workers) -> float:
 
 
 def peak_rss_of_run(folder: Path, out: Path, device: str) -> float:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([sys.executable, "-m", "camloc.cli", "run", str(folder), "--out", str(out), "--device", device],
-                   check=True, capture_output=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(before, after) / 1024  # MiB (ru_maxrss is in KiB on Linux)
+    """Peak RSS (MiB) of one `camloc run` child process, from its own rusage."""
+    child = subprocess.Popen([sys.executable, "-m", "camloc.cli", "run", str(folder), "--out", str(out),
+                              "--device", device], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"camloc run over {folder} exited with {child.returncode}")
+    return usage.ru_maxrss / 1024  # MiB (ru_maxrss is in KiB on Linux)
 
 
 def main() -> None:
@@ -89,7 +92,7 @@ def main() -> None:
         paths = sorted(folder.glob("*.jpg"))
         model = camloc.load_model(device=resolve_device(args.device))
         options = RunOptions(out=scratch / "out", batch_size=args.batch, workers=args.workers, amp=args.amp)
-        workers = options.workers if options.workers is not None else min(4, __import__("os").cpu_count() or 1)
+        workers = options.workers if options.workers is not None else min(4, os.cpu_count() or 1)
         forward_only(model, paths[: args.batch * 2], args.batch, 0)  # warm up
         baseline = forward_only(model, paths, args.batch, workers)
         summary = run(model, [str(folder)], options)
