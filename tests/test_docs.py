@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 MODULES = ["camloc", "camloc.images", "camloc.boxes", "camloc.models", "camloc.cam", "camloc.render",
-           "camloc.runner"]
+           "camloc.runner", "camloc.allocator"]
 
 
 @pytest.mark.parametrize("name", MODULES)
