@@ -2,13 +2,14 @@
 
     python benchmarks/bench_peers.py [--model resnet18] [--batch 32] [--size 224] [--device cuda] [--scorecam]
 
-Same random-weight model, same SIZExSIZE images (the bundled photos squashed to SIZE, taken
-as the originals, so every map ends at that resolution), same batch, top-1 class, last
-stage as target layer. ``--batch 1 --size 32`` shows each implementation's fixed cost per
-call (hooks, bookkeeping, kernel launches), which is what a GPU's batch 32 mostly measures.
-Each map set is checked equal to camloc's after the same
-normalisation (ReLU, min-max) before the times are compared. Peers are a benchmark extra
-(`pip install camloc[peers]`), not run-time dependencies.
+Same model (random weights, or the trained default with ``--model efficientnet_lite0``),
+same SIZExSIZE images (the bundled photos squashed to SIZE, taken as the originals, so every
+map ends at that resolution), same batch, top-1 class, last stage as target layer.
+``--batch 1 --size 32`` shows each implementation's fixed cost per call (hooks,
+bookkeeping, kernel launches), which is what a GPU's batch 32 mostly measures. Each map
+set is checked equal to camloc's after the same normalisation (ReLU, min-max) before the
+times are compared. Peers are a benchmark extra (`pip install camloc[peers]`), not
+run-time dependencies.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from timing import allocator_option, apply_allocator, best_times
 
 import camloc
 from camloc.cam import ClassSelection, get_method
+from camloc.gradcam import ScoreCAM
 from camloc.images import maps_to_original_batch, preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +40,9 @@ def relu_minmax(maps: torch.Tensor) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--model", default="resnet18",
+                        help="a timm/torchvision name (random weights), or efficientnet_lite0 (the embedded, "
+                             "trained default: real activations, so Score-CAM meets its blank channels)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224, help="side of the (square) images")
     parser.add_argument("--device", default="cpu")
@@ -56,7 +60,8 @@ def main() -> None:
     from torchcam.methods import GradCAM as TcGradCAM
     from torchcam.methods import ScoreCAM as TcScoreCAM
 
-    adapter = camloc.load_model(args.model, weights="random", device=args.device)
+    trained = args.model == "efficientnet_lite0"
+    adapter = camloc.load_model(args.model, weights=None if trained else "random", device=args.device)
     net, layer, size = adapter.model.eval(), adapter.feature_layer, args.size
     classifier = next(name for name, module in net.named_modules() if getattr(module, "weight", None) is adapter.weight)
     paths = sorted((ROOT / "examples" / "images").glob("*.jpg"))
@@ -84,11 +89,13 @@ def main() -> None:
             return F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
         return go
 
-    def pgc_maps(kind, **kw):
+    def pgc_maps(kind, batch_size=None):
         target_layer = adapter.module(layer)
 
         def go():
-            with kind(model=net, target_layers=[target_layer], **kw) as extractor:
+            with kind(model=net, target_layers=[target_layer]) as extractor:
+                if batch_size is not None:
+                    extractor.batch_size = batch_size  # Score-CAM's masked images per forward
                 return torch.from_numpy(extractor(batch, [ClassifierOutputTarget(c) for c in classes]))
         return go
 
@@ -97,10 +104,11 @@ def main() -> None:
                         ("pytorch-grad-cam", pgc_maps(PgcGradCAM))]}
     if args.scorecam:
         runs["scorecam"] = [("camloc", camloc_maps("scorecam")),
-                            ("torchcam", torchcam_maps(TcScoreCAM, batch_size=args.batch)),
-                            ("pytorch-grad-cam", pgc_maps(PgcScoreCAM))]
+                            ("torchcam", torchcam_maps(TcScoreCAM, batch_size=ScoreCAM.batch_size)),  # same chunks
+                            ("pytorch-grad-cam", pgc_maps(PgcScoreCAM, ScoreCAM.batch_size))]
     report = {"model": args.model, "batch": args.batch, "size": size, "device": str(adapter.device)}
-    print(f"{args.model} (random weights), batch {args.batch}, {size}x{size}, device {adapter.device}")
+    print(f"{args.model} ({'trained' if trained else 'random'} weights), batch {args.batch}, {size}x{size}, "
+          f"device {adapter.device}")
     print(f"{'method':10s} {'implementation':18s} {'ms':>10s} {'× camloc':>9s} {'max |Δ| vs camloc':>18s}")
     def forward_only():
         with torch.no_grad():

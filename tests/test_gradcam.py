@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -305,6 +306,39 @@ def test_scorecam_forwards_are_chunked_across_channels(monkeypatch):
     for rank in (1, 2):
         alone = method(x, ClassSelection(rank=rank))
         torch.testing.assert_close(alone.maps[:, 0], output.maps[:, rank - 1])
+
+
+def test_scorecam_shares_one_black_image_forward_among_blank_channels(monkeypatch):
+    torch.manual_seed(1)
+    net = TinyNet()
+    with torch.no_grad():  # channel 1 is all zero after the ReLU, for every image
+        net.features[0].weight[1] = 0
+        net.features[0].bias[1] = -1
+    adapter = camloc.adapt(net, input_size=16)
+    method = ScoreCAM(adapter, layer="features")
+    method.batch_size = 2
+    x = batch(16, 3, seed=5)
+    counter = Counter(monkeypatch, net)
+    output = method(x, ClassSelection(topk=1))
+    counter.handle.remove()
+    # the capture, one black image, then the 3 images x 2 non-blank channels in pairs
+    # (all 9 masked images would be 1 + 5 forwards)
+    assert counter.forwards == 1 + 1 + 3
+    with torch.no_grad():  # Score-CAM written out: every channel's masked image forwarded
+        activations = net.features(x)
+        logits = net(x)
+        for n in range(3):
+            c = int(output.classes[n, 0])
+            scores = []
+            for k in range(3):
+                a = activations[n, k]
+                span = a.max() - a.min()
+                mask = (a - a.min()) / (span + 1e-8)
+                up = F.interpolate(mask[None, None], size=(16, 16), mode="bilinear", align_corners=False)
+                scores.append(net(x[n : n + 1] * up)[0, c])
+            weights = (torch.stack(scores) - logits[n, c]).softmax(0)
+            expected = torch.einsum("k,khw->hw", weights, activations[n]).relu()
+            torch.testing.assert_close(output.maps[n, 0], expected, rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- state and hooks

@@ -301,6 +301,8 @@ class ScoreCAM(LayerMethod):
     """Score-CAM: channel weights from the class score of the input masked by each channel.
 
     ``batch_size`` masked images per forward; all requested classes read the same forwards.
+    A flat channel (often a third of a trained network's, all zero after its ReLU) masks the
+    image to all zeros whatever the image, so all of them share one forward of a black image.
     """
 
     name = "scorecam"
@@ -323,14 +325,19 @@ class ScoreCAM(LayerMethod):
         count, channels = masks.shape[:2]
         flat_masks = masks.flatten(0, 1)[:, None]  # (N·K, 1, h, w)
         image_of = torch.arange(count, device=batch.device).repeat_interleave(channels)
-        scores = []
-        for start in range(0, count * channels, self.batch_size):
-            part = slice(start, start + self.batch_size)
+        blank = flat_masks.amax(dim=(1, 2, 3)) == 0  # masks the image to all zeros
+        scores = torch.empty(count * channels, classes.shape[1], device=batch.device)
+        if blank.any():
+            black = self.model.model(torch.zeros_like(batch[:1]))[0].float()
+            scores[blank] = black[classes[image_of[blank]]]
+        used = (~blank).nonzero().squeeze(1)
+        for start in range(0, used.numel(), self.batch_size):
+            part = used[start : start + self.batch_size]
             upsampled = F.interpolate(flat_masks[part], size=batch.shape[-2:], mode="bilinear",
                                       align_corners=False)
             masked_logits = self.model.model(batch[image_of[part]] * upsampled.to(batch.dtype))
-            scores.append(masked_logits.gather(1, classes[image_of[part]]))
-        return torch.cat(scores).view(count, channels, -1).float()
+            scores[part] = masked_logits.gather(1, classes[image_of[part]]).float()
+        return scores.view(count, channels, -1)
 
 
 def min_max(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
