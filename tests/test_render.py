@@ -157,3 +157,22 @@ def test_normalized_maps_match_float64_and_stay_in_range(mode):
     assert normalized.min() >= 0 and normalized.max() <= 1  # exactly, without a clamp
     assert (normalized.double() - reference).abs().max() < 1e-6
     assert torch.equal(normalized.amax((1, 2)), torch.ones(4))
+
+
+def test_finishing_in_parallel_equals_finishing_in_line(monkeypatch):
+    import camloc
+    from camloc import cam
+    from camloc.images import Geometry
+
+    model = camloc.load_model("resnet18", weights="random")
+    geometries = [Geometry((300 + 7 * i, 400 - 5 * i), (224, 224), ((224 / (300 + 7 * i)), 224 / (400 - 5 * i)),
+                           (0.0, 0.0), "squash") for i in range(6)]
+    output = cam.CAMMethod(model)(torch.randn(6, 3, 224, 224, generator=torch.Generator().manual_seed(0)),
+                                  cam.ClassSelection(topk=3))
+    monkeypatch.setattr(cam, "PARALLEL_PIXELS", 0)
+    parallel = cam.finish(output, geometries, model)
+    monkeypatch.setattr(cam, "PARALLEL_PIXELS", 10**12)
+    in_line = cam.finish(output, geometries, model)
+    for a, b in zip(parallel, in_line, strict=True):
+        assert a.boxes == b.boxes and a.to_record() == b.to_record()
+        assert torch.equal(a.normalized, b.normalized)

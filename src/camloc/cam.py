@@ -443,7 +443,7 @@ def finish(
 
 
 PARALLEL_PIXELS = 2_000_000  # below this many map pixels a batch is finished in the caller's thread
-_POOL: list[ThreadPoolExecutor] = []
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # by process id: a forked child starts its own
 
 
 def map_in_parallel(function: Callable[[int], Any], indices: Sequence[int], parallel: bool = True) -> list[Any]:
@@ -456,9 +456,10 @@ def map_in_parallel(function: Callable[[int], Any], indices: Sequence[int], para
     threads = min(8, os.cpu_count() or 1)
     if not parallel or threads < 2 or len(indices) < 2:
         return [function(i) for i in indices]
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="camloc-finish"))
-    return list(_POOL[0].map(function, indices))
+    pool = _POOLS.get(os.getpid())
+    if pool is None:
+        pool = _POOLS[os.getpid()] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="camloc-finish")
+    return list(pool.map(function, indices))
 
 
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor | np.ndarray
