@@ -176,3 +176,12 @@ def test_finishing_in_parallel_equals_finishing_in_line(monkeypatch):
     for a, b in zip(parallel, in_line, strict=True):
         assert a.boxes == b.boxes and a.to_record() == b.to_record()
         assert torch.equal(a.normalized, b.normalized)
+
+
+def test_boxes_of_arrays_in_any_layout():
+    heat = np.zeros((20, 30))
+    heat[2:6, 20:28] = 1.0
+    assert boxes_from_map(np.fliplr(heat), 0.5) == [(2, 2, 10, 6)]  # a negative-stride view
+    assert boxes_from_map(heat.T, 0.5) == [(2, 20, 6, 28)]
+    assert boxes_from_map(heat.astype(np.float32) > 0.5, 0.5) == [(20, 2, 28, 6)]  # a boolean mask
+    assert boxes_from_maps(np.stack([heat, heat[::-1]]), 0.5) == [[(20, 2, 28, 6)], [(20, 14, 28, 18)]]

@@ -225,12 +225,16 @@ def boxes_from_map(
     ``threshold`` may also be a rule adapting to each map (``"otsu"``, ``"mean"``, see
     :func:`threshold_level`).
     """
-    [boxes] = boxes_from_maps(torch.as_tensor(normalized_map)[None], threshold, largest_only, min_area)
+    [boxes] = boxes_from_maps(_as_tensor(normalized_map)[None], threshold, largest_only, min_area)
     return boxes
 
 
+def _as_tensor(values: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return values if isinstance(values, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(values))
+
+
 def boxes_from_maps(
-    normalized_maps: torch.Tensor,
+    normalized_maps: torch.Tensor | np.ndarray,
     threshold: Threshold = DEFAULT_THRESHOLD,
     largest_only: bool = True,
     min_area: float = 0.0,
@@ -242,7 +246,7 @@ def boxes_from_maps(
     >>> boxes_from_maps(heat, 0.5)
     [[(3, 2, 9, 5)], [(0, 10, 4, 20)]]
     """
-    maps = torch.as_tensor(normalized_maps)
+    maps = _as_tensor(normalized_maps)
     levels = [threshold_level(m, threshold) for m in maps] if isinstance(threshold, str) else [float(threshold)]
     levels = torch.tensor(levels, dtype=maps.dtype if maps.is_floating_point() else torch.float32,
                           device=maps.device)

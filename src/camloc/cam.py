@@ -411,7 +411,7 @@ def finish(
 
     The maps of images that share a size are resampled together; the per-image rest
     (normalising, thresholds, connected components) runs on a small thread pool when the
-    batch is large enough to pay for it (torch and scipy's labelling release the GIL).
+    batch is large enough to pay for it (the heavy torch and numpy steps release the GIL).
     """
     probabilities = output.logits.float().softmax(dim=1)
     top = probabilities.topk(min(NUM_PREDICTIONS, probabilities.shape[1]), dim=1)

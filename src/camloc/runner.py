@@ -145,9 +145,9 @@ def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(handle, FILE_MODE)
         with os.fdopen(handle, "wb") as stream:
+            if hasattr(os, "fchmod"):
+                os.fchmod(stream.fileno(), FILE_MODE)
             stream.write(data)
         os.replace(temporary, path)
     except BaseException:
