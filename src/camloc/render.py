@@ -33,11 +33,6 @@ DEFAULT_ALPHA = 0.5
 BOX_COLOR = (255, 255, 255)
 GT_BOX_COLOR = (0, 255, 0)
 
-# PNG as Pillow writes it (report plots, where size matters more than speed): zlib level 1
-# with the run-length strategy (Z_RLE). Outputs of `camloc run` and `camloc serve` go through
-# encode_png instead, ~8x faster (benchmarks/bench_render.py).
-PNG_OPTIONS = {"compress_level": 1, "compress_type": 3}
-
 
 @functools.lru_cache(maxsize=32)
 def colormap_lut(name: str = DEFAULT_COLORMAP) -> torch.Tensor:
