@@ -93,8 +93,8 @@ def encode_png(picture: Image.Image | np.ndarray | torch.Tensor, level: int = 1)
 
     Every row gets PNG's "up" filter (the difference to the row above, one vectorised
     subtraction) and the stream is deflated by ISA-L (zlib when isal is missing) at
-    ``level``. About 8x faster than Pillow's PNG writer (which tries five filters on each
-    row) for files ~15% larger; any PNG reader opens them.
+    ``level``. About 6x faster than Pillow's PNG writer (which tries five filters on each
+    row) for files ~15% larger (``benchmarks/bench_render.py``); any PNG reader opens them.
 
     >>> import io
     >>> data = encode_png(np.full((4, 5, 3), 200, np.uint8))
@@ -109,8 +109,8 @@ def encode_png(picture: Image.Image | np.ndarray | torch.Tensor, level: int = 1)
         pixels = picture.detach().cpu().numpy()
     else:
         pixels = np.asarray(picture)
-    if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (3, 4)) \
-            or 0 in pixels.shape:
+    layout_ok = pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] in (3, 4))
+    if pixels.dtype != np.uint8 or not layout_ok or pixels.size == 0:
         raise ValueError(f"encode_png takes (H, W), (H, W, 3) or (H, W, 4) uint8, got {pixels.dtype} {pixels.shape}")
     height, width = pixels.shape[:2]
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
