@@ -97,5 +97,6 @@ def measure(model, batch_size: int, repeats: int) -> dict:
     print(f"naive / camloc top-1: {rows['naive (notebook)'] / rows['camloc top-1']:.1f}×\n")
     return {"model": model.name, "batch": batch_size, "device": str(model.device), "seconds": rows}
 
+
 if __name__ == "__main__":
     main()
