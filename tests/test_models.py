@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -113,6 +116,30 @@ def test_real_photos_are_classified_right(default_model, photos):
     assert coffee.predictions[0].label == "espresso"
     assert coffee.predictions[0].score == pytest.approx(0.89, abs=0.05)
     assert "cup" in [p.label for p in coffee.predictions[:3]]
+
+
+def test_built_models_are_channels_last_and_agree_with_the_default_layout(default_model, photos):
+    """The fast layout (load_model, ClassifierAdapter.to) gives the same logits, maps and boxes
+    as the same weights in PyTorch's default layout."""
+    stem = default_model.model.conv_stem.weight
+    assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()
+    plain = copy.deepcopy(default_model)
+    plain.model.to(memory_format=torch.contiguous_format)
+    assert plain.model.conv_stem.weight.is_contiguous()
+    images = [photos["chelsea_cat"], photos["motorcycle"]]
+    fast, slow = camloc.explain(default_model, images, topk=3), camloc.explain(plain, images, topk=3)
+    for a, b in zip(fast, slow, strict=True):
+        assert [p.index for p in a.predictions] == [p.index for p in b.predictions]
+        torch.testing.assert_close(a.maps, b.maps, atol=1e-4 * a.maps.abs().max().item(), rtol=1e-4)
+        assert [len(boxes) for boxes in a.boxes] == [len(boxes) for boxes in b.boxes]
+        edges_a = np.array([box for boxes in a.boxes for box in boxes])
+        edges_b = np.array([box for boxes in b.boxes for box in boxes])
+        assert np.abs(edges_a - edges_b).max() <= 1  # a pixel at the threshold may move an edge
+    user = torchvision.models.resnet18(num_classes=3)
+    adapter = camloc.load_model(user, class_names=["a", "b", "c"])
+    assert user.conv1.weight.is_contiguous()  # a module you pass keeps its layout ...
+    adapter.to("cpu")
+    assert user.conv1.weight.is_contiguous(memory_format=torch.channels_last)  # ... until moved
 
 
 def test_local_weights_file(tmp_path):
