@@ -50,12 +50,14 @@ def make_folder(folder: Path, count: int) -> Path:
     return folder
 
 
-def forward_only(model, paths, batch, workers) -> float:
+def forward_only(model, paths, batch, workers, amp=False) -> float:
+    """Images/s of decode + preprocess + forward (under bfloat16 autocast with ``amp``, as
+    ``camloc run --amp``)."""
     dataset = ImageDataset(paths, model, "squash", 80_000_000)
     loader = DataLoader(dataset, batch_size=batch, num_workers=workers, collate_fn=lambda items: items,
                         prefetch_factor=2 if workers else None)
     start = time.perf_counter()
-    with inference_mode(model.model):
+    with inference_mode(model.model), torch.autocast(model.device.type, torch.bfloat16, enabled=amp):
         for items in loader:
             x = torch.stack([item.tensor for item in items]).to(model.device)
             model.model(x).cpu()
@@ -93,15 +95,15 @@ def main() -> None:
         model = camloc.load_model(device=resolve_device(args.device))
         options = RunOptions(out=scratch / "out", batch_size=args.batch, workers=args.workers, amp=args.amp)
         workers = options.workers if options.workers is not None else min(4, os.cpu_count() or 1)
-        forward_only(model, paths[: args.batch * 2], args.batch, 0)  # warm up
-        baseline = forward_only(model, paths, args.batch, workers)
+        forward_only(model, paths[: args.batch * 2], args.batch, 0, args.amp)  # warm up
+        baseline = forward_only(model, paths, args.batch, workers, args.amp)
         summary = run(model, [str(folder)], options)
         camloc_rate = summary.done / summary.seconds
         report = {"device": str(model.device), "images": len(paths), "batch": args.batch, "workers": workers,
-                  "threads": torch.get_num_threads(), "forward_only_images_per_s": baseline,
+                  "threads": torch.get_num_threads(), "amp": args.amp, "forward_only_images_per_s": baseline,
                   "camloc_run_images_per_s": camloc_rate, "ratio": camloc_rate / baseline}
         print(f"{len(paths)} images, batch {args.batch}, {workers} workers, device {model.device}, "
-              f"{torch.get_num_threads()} threads")
+              f"{torch.get_num_threads()} threads{', bfloat16 autocast (both sides)' if args.amp else ''}")
         print(f"forward-only loop : {baseline:8.1f} images/s")
         print(f"camloc run        : {camloc_rate:8.1f} images/s  (overlays + results.jsonl written)")
         print(f"ratio             : {camloc_rate / baseline:8.2f}")
