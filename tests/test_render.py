@@ -185,3 +185,105 @@ def test_boxes_of_arrays_in_any_layout():
     assert boxes_from_map(heat.T, 0.5) == [(2, 20, 6, 28)]
     assert boxes_from_map(heat.astype(np.float32) > 0.5, 0.5) == [(20, 2, 28, 6)]  # a boolean mask
     assert boxes_from_maps(np.stack([heat, heat[::-1]]), 0.5) == [[(20, 2, 28, 6)], [(20, 14, 28, 18)]]
+
+
+def random_geometry(rng: np.random.Generator, policy: str):
+    from camloc.images import resize_geometry
+
+    original = (int(rng.integers(5, 700)), int(rng.integers(5, 700)))  # down- and upsampling
+    _, _, geometry = resize_geometry(original, (224, 224), policy)
+    return geometry
+
+
+def shaped_maps(rng: np.random.Generator, k: int, size: int) -> torch.Tensor:
+    """Random maps with the features that matter: a sharp peak, negatives, one flat map."""
+    maps = torch.from_numpy(rng.normal(size=(k, size, size)).astype(np.float32))
+    maps[0] *= 1e-3
+    maps[1, rng.integers(size), rng.integers(size)] += 40.0  # one sharp peak
+    maps[2] = maps[2].abs().neg()  # all negative ("max" gives 0)
+    maps[3] = 2.5  # flat
+    return maps
+
+
+@pytest.mark.parametrize("policy", ["squash", "center-crop", "pad"])
+@pytest.mark.parametrize("mode", ["minmax", "max"])
+def test_normalising_before_resampling_equals_normalising_after(policy, mode):
+    """The fast path (normalise the small map, resample once) against the straightforward
+    one (resample, then normalise every pixel): same maps to float rounding, extremes exact."""
+    from camloc.boxes import normalize_maps, normalized_to_original, normalized_to_original_batch
+    from camloc.images import coverage_mask, maps_to_original
+
+    rng = np.random.default_rng(7)
+    for trial in range(12):
+        geometry = random_geometry(rng, policy)
+        maps = shaped_maps(rng, 5, int(rng.choice([7, 14])))
+        covered = coverage_mask(geometry) if policy == "center-crop" else None
+        reference = normalize_maps(maps_to_original(maps.double(), geometry).double(), covered, mode)
+        fast = normalized_to_original(maps, geometry, mode)
+        assert fast.shape == reference.shape and fast.dtype == torch.float32
+        assert (fast.double() - reference).abs().max() < 1e-5, (trial, geometry)
+        assert fast.min() >= 0 and fast.max() <= 1
+        assert torch.equal(fast.amax((1, 2)), reference.float().amax((1, 2)))  # 1, or 0 when flat
+        if mode == "minmax":
+            seen = fast if covered is None else fast[:, covered]
+            assert torch.equal(seen.flatten(1).amin(1), torch.zeros(5))
+        if mode == "minmax":
+            assert torch.equal(fast[3], torch.zeros_like(fast[3]))  # the flat map: 0, not noise
+        if covered is not None:
+            assert fast[:, ~covered].abs().max() == 0 if (~covered).any() else True
+    geometries = [random_geometry(rng, policy) for _ in range(3)]
+    batch = torch.stack([shaped_maps(rng, 5, 7) for _ in range(3)])
+    together = normalized_to_original_batch(batch, [geometries[0], geometries[1], geometries[0]], mode)
+    for maps, geometry, result in zip(batch, [geometries[0], geometries[1], geometries[0]], together, strict=True):
+        assert torch.equal(result, normalized_to_original(maps, geometry, mode))
+
+
+def test_extreme_samples_hold_the_extremes_of_every_resampled_signal():
+    """Where a resampled map may peak: brute force over random 1-D signals and geometries."""
+    from camloc.images import extreme_samples, interpolation_matrix
+
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        n_feature, n_input = int(rng.integers(1, 20)), int(rng.integers(16, 400))
+        n_out = int(rng.integers(1, 900))
+        scale = n_input / n_out * float(rng.uniform(0.6, 1.6))
+        offset = float(rng.uniform(-0.3, 0.3)) * n_input
+        signal = torch.from_numpy(rng.normal(size=n_feature)).double()
+        resampled = interpolation_matrix(n_out, n_feature, n_input, scale, offset).double() @ signal
+        for seen_only in (False, True):
+            chosen = extreme_samples(n_out, n_feature, n_input, scale, offset, seen_only)
+            position = scale * (np.arange(n_out) + 0.5) + offset
+            pool = np.flatnonzero((position >= 0) & (position <= n_input)) if seen_only else np.arange(n_out)
+            if pool.size == 0:
+                assert chosen.numel() == 0
+                continue
+            assert set(chosen.tolist()) <= set(pool.tolist())
+            values = resampled[torch.from_numpy(pool)]
+            assert torch.isclose(resampled[chosen].max(), values.max(), atol=1e-12)
+            assert torch.isclose(resampled[chosen].min(), values.min(), atol=1e-12)
+            assert chosen.numel() <= 2 * n_feature + 2
+
+
+def test_raw_maps_at_original_resolution_come_when_asked():
+    import camloc
+    from camloc.images import maps_to_original
+
+    model = camloc.load_model("resnet18", weights="random")
+    [result] = camloc.explain(model, [np.full((90, 130, 3), 120, np.uint8)], topk=2)
+    assert tuple(result.feature_maps.shape) == (2, 14, 14) and "maps" not in vars(result)  # dilated
+    assert tuple(result.maps.shape) == (2, 90, 130)
+    assert torch.equal(result.maps, maps_to_original(result.feature_maps, result.geometry))
+    assert result.maps is result.maps  # resampled once
+
+
+def test_boxes_from_maps_compare_alike_on_every_dtype_and_device_path():
+    rng = np.random.default_rng(5)
+    maps = torch.from_numpy(rng.random((3, 41, 57)))
+    expected = [boxes_from_map((m >= 0.6).numpy(), 0.5, largest_only=False) for m in maps]
+    for variant in (maps, maps.float(), maps.half(), maps.bfloat16(), maps.numpy(), maps.float().numpy()):
+        got = boxes_from_maps(variant, 0.6, largest_only=False)
+        if variant.dtype in (torch.float16, torch.bfloat16):  # coarser values: compare to themselves
+            expected_low = [boxes_from_map((m.float() >= 0.6).numpy(), 0.5, largest_only=False) for m in variant]
+            assert got == expected_low
+        else:
+            assert got == expected

@@ -14,6 +14,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,11 +31,11 @@ from .boxes import (
     Box,
     Threshold,
     boxes_from_maps,
-    normalize_maps,
+    normalized_to_original_batch,
     parse_threshold,
 )
 from .errors import CamlocError, ClassError, ModelError
-from .images import Geometry, coverage_mask, load_image, maps_to_original_batch, preprocess
+from .images import Geometry, coverage_mask, load_image, maps_to_original, preprocess
 from .models import ClassifierAdapter, inference_mode
 
 NUM_PREDICTIONS = 5
@@ -338,22 +339,28 @@ class Prediction:
 class Explanation:
     """One image explained: predictions, maps at original resolution, boxes.
 
-    ``maps`` are raw class scores per pixel (``(k, H, W)``), ``normalized`` the same maps
-    scaled to [0, 1] over the pixels the network saw (``BoxOptions.normalization``),
-    ``boxes[i]`` the boxes of
-    class ``targets[i]`` (largest component first).
+    ``feature_maps`` are the method's raw class scores on the feature grid (``(k, h, w)``),
+    ``maps`` the same resampled to every original pixel (``(k, H, W)``, computed on first
+    use), ``normalized`` the maps at original resolution scaled to [0, 1] over the pixels the
+    network saw (``BoxOptions.normalization``), ``boxes[i]`` the boxes of class
+    ``targets[i]`` (largest component first).
     """
 
     geometry: Geometry
     predictions: list[Prediction]
     targets: list[Prediction]
-    maps: torch.Tensor
+    feature_maps: torch.Tensor
     normalized: torch.Tensor
     boxes: list[list[Box]]
     method: str = "cam"
     source: str | None = None
     coverage: torch.Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @functools.cached_property
+    def maps(self) -> torch.Tensor:
+        """Raw class scores at original resolution ``(k, H, W)`` (resampled once, on first use)."""
+        return maps_to_original(self.feature_maps, self.geometry)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -409,36 +416,37 @@ def finish(
 ) -> list[Explanation]:
     """Method output → per-image explanations at original resolution, with boxes.
 
-    The maps of images that share a size are resampled together; the per-image rest
-    (normalising, thresholds, connected components) runs on a small thread pool when the
-    batch is large enough to pay for it (the heavy torch and numpy steps release the GIL).
+    The maps of images that share a size are normalised and resampled together, in one
+    resampling (:func:`camloc.boxes.normalized_to_original`; the raw ``maps`` at original
+    resolution are resampled when first read); the per-image rest (thresholds, connected
+    components) runs on a small thread pool when the batch is large enough to pay for it
+    (the heavy numpy steps release the GIL).
     """
     probabilities = output.logits.float().softmax(dim=1)
     top = probabilities.topk(min(NUM_PREDICTIONS, probabilities.shape[1]), dim=1)
     target_scores = probabilities.gather(1, output.classes)
     top_values, top_indices = top.values.cpu().tolist(), top.indices.cpu().tolist()
     classes, scores = output.classes.cpu().tolist(), target_scores.cpu().tolist()
-    resampled = maps_to_original_batch(output.maps, list(geometries))
+    normalized = normalized_to_original_batch(output.maps, list(geometries), box_options.normalization)
     names = model.class_names
 
     def explanation(i: int) -> Explanation:
         geometry = geometries[i]
         covered = coverage_mask(geometry, output.maps.device) if geometry.policy == "center-crop" else None
-        normalized = normalize_maps(resampled[i], covered, box_options.normalization)
         return Explanation(
             geometry=geometry,
             predictions=[Prediction(c, names[c], s) for c, s in zip(top_indices[i], top_values[i], strict=True)],
             targets=[Prediction(c, names[c], s) for c, s in zip(classes[i], scores[i], strict=True)],
-            maps=resampled[i],
-            normalized=normalized,
-            boxes=boxes_from_maps(normalized, box_options.threshold, box_options.largest_only,
+            feature_maps=output.maps[i].float(),
+            normalized=normalized[i],
+            boxes=boxes_from_maps(normalized[i], box_options.threshold, box_options.largest_only,
                                   box_options.min_area),
             method=output.method,
             source=sources[i] if sources is not None else None,
             coverage=covered,
         )
 
-    pixels = sum(maps.numel() for maps in resampled)
+    pixels = sum(maps.numel() for maps in normalized)
     return map_in_parallel(explanation, range(len(geometries)), parallel=pixels >= PARALLEL_PIXELS)
 
 

@@ -240,16 +240,30 @@ def _interpolation_matrix(n_out, n_feature, n_input, scale, offset, device) -> t
     return torch.from_numpy(matrix).to(device)
 
 
+def resampling_matrices(geometry: Geometry, feature_hw: tuple[int, int],
+                        device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows (H, h_f), cols (W, w_f))``: original = ``rows @ map @ cols.T`` for this geometry."""
+    (height, width), (input_h, input_w) = geometry.original_size, geometry.input_size
+    (sy, sx), (oy, ox) = geometry.scale, geometry.offset
+    return (interpolation_matrix(height, feature_hw[0], input_h, sy, oy, device),
+            interpolation_matrix(width, feature_hw[1], input_w, sx, ox, device))
+
+
 def maps_to_original(maps: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """Resample ``(k, h_f, w_f)`` feature-resolution maps to ``(k, H, W)`` original pixels.
 
     One separable bilinear interpolation (two small matmuls), exact for every resize policy.
     """
-    (height, width), (input_h, input_w) = geometry.original_size, geometry.input_size
-    (sy, sx), (oy, ox) = geometry.scale, geometry.offset
-    rows = interpolation_matrix(height, maps.shape[-2], input_h, sy, oy, maps.device)
-    cols = interpolation_matrix(width, maps.shape[-1], input_w, sx, ox, maps.device)
+    rows, cols = resampling_matrices(geometry, maps.shape[-2:], maps.device)
     return torch.einsum("Hh,khw,Ww->kHW", rows, maps.float(), cols)
+
+
+def group_by_geometry(geometries: list[Geometry]) -> dict[Geometry, list[int]]:
+    """Indices of the images of a batch by geometry (those that resample alike)."""
+    groups: dict[Geometry, list[int]] = {}
+    for index, geometry in enumerate(geometries):
+        groups.setdefault(geometry, []).append(index)
+    return groups
 
 
 def maps_to_original_batch(maps: torch.Tensor, geometries: list[Geometry]) -> list[torch.Tensor]:
@@ -258,19 +272,38 @@ def maps_to_original_batch(maps: torch.Tensor, geometries: list[Geometry]) -> li
     Images that share a geometry (the same original size and policy, as in most data sets)
     are resampled together in one batched matmul instead of one call per image.
     """
-    groups: dict[Geometry, list[int]] = {}
-    for index, geometry in enumerate(geometries):
-        groups.setdefault(geometry, []).append(index)
     resampled: list[torch.Tensor | None] = [None] * len(geometries)
-    for geometry, indices in groups.items():
-        (height, width), (input_h, input_w) = geometry.original_size, geometry.input_size
-        (sy, sx), (oy, ox) = geometry.scale, geometry.offset
-        rows = interpolation_matrix(height, maps.shape[-2], input_h, sy, oy, maps.device)
-        cols = interpolation_matrix(width, maps.shape[-1], input_w, sx, ox, maps.device)
+    for geometry, indices in group_by_geometry(geometries).items():
+        rows, cols = resampling_matrices(geometry, maps.shape[-2:], maps.device)
         chosen = maps[indices] if len(indices) < len(geometries) else maps
         for index, result in zip(indices, torch.einsum("Hh,nkhw,Ww->nkHW", rows, chosen.float(), cols), strict=True):
             resampled[index] = result
     return resampled
+
+
+def extreme_samples(n_out: int, n_feature: int, n_input: int, scale: float, offset: float,
+                    seen_only: bool = False) -> torch.Tensor:
+    """The output samples (indices) at which a bilinearly resampled signal can take its
+    minimum or maximum: the first and last sample on each linear piece between two feature
+    cells (the resampled signal is piecewise linear in the sample position, so its extremes
+    over the samples of a piece are at their ends). ``seen_only``: among the samples inside
+    the network's input (those :func:`coverage_mask` keeps).
+
+    >>> extreme_samples(10, 2, 10, 1.0, 0.0).tolist()  # two cells: a ramp over samples 0-6, then flat
+    [0, 6, 7, 9]
+    """
+    return _extreme_samples(n_out, n_feature, n_input, float(scale), float(offset), seen_only)
+
+
+@functools.lru_cache(maxsize=512)
+def _extreme_samples(n_out, n_feature, n_input, scale, offset, seen_only) -> torch.Tensor:
+    position = scale * (np.arange(n_out) + 0.5) + offset  # on the network's input
+    kept = np.flatnonzero((position >= 0) & (position <= n_input)) if seen_only else np.arange(n_out)
+    source = (position[kept] * (n_feature / n_input) - 0.5).clip(0, n_feature - 1)
+    piece = np.floor(source)
+    change = piece[1:] != piece[:-1]
+    ends = np.concatenate([[True], change]) | np.concatenate([change, [True]])
+    return torch.from_numpy(kept[ends])
 
 
 def coverage_mask(geometry: Geometry, device=None) -> torch.Tensor:
