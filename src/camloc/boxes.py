@@ -324,8 +324,25 @@ def boxes_from_maps(
     """
     maps = _as_tensor(normalized_maps)
     levels = [threshold_level(m, threshold) for m in maps] if isinstance(threshold, str) else [float(threshold)]
-    padded = _framed(*maps.shape)
-    inside = padded[:, : maps.shape[1], 1:-1]
+    pixels = maps.shape[1] * maps.shape[2]
+    return [_ranked_boxes(areas, boxes, largest_only, min_area, pixels)
+            for areas, boxes in level_components(maps, levels)]
+
+
+def level_components(maps: torch.Tensor | np.ndarray, levels: Sequence[float]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Areas and boxes (as :func:`mask_components`) of the components of ``maps >= levels``:
+    a ``(k, H, W)`` stack against one level each (or one level for all), or one ``(H, W)``
+    map against T levels (a threshold sweep); one comparison and one components pass.
+
+    >>> heat = np.zeros((5, 9)); heat[1:4, 1:4] = 0.5; heat[2, 6:8] = 1.0
+    >>> [boxes.tolist() for _, boxes in level_components(heat, [0.4, 0.9])]
+    [[[1, 1, 4, 4], [6, 2, 8, 3]], [[6, 2, 8, 3]]]
+    """
+    maps = _as_tensor(maps)
+    maps = maps[None] if maps.dim() == 2 else maps
+    count, height, width = max(len(maps), len(levels)), maps.shape[1], maps.shape[2]
+    padded = _framed(count, height, width)
+    inside = padded[:, :height, 1:-1]
     if maps.device.type == "cpu" and maps.dtype in (torch.float32, torch.float64):
         # numpy compares straight into the frame (2x faster than torch's >= and a copy)
         values = maps.detach().numpy()
@@ -333,9 +350,7 @@ def boxes_from_maps(
     else:
         dtype = maps.dtype if maps.is_floating_point() else torch.float32
         inside[...] = (maps >= torch.tensor(levels, dtype=dtype, device=maps.device)[:, None, None]).cpu().numpy()
-    pixels = maps.shape[1] * maps.shape[2]
-    return [_ranked_boxes(areas, boxes, largest_only, min_area, pixels)
-            for areas, boxes in _framed_components(padded)]
+    return _framed_components(padded)
 
 
 def box_iou(boxes_a: Sequence[Sequence[float]], boxes_b: Sequence[Sequence[float]]) -> np.ndarray:

@@ -28,9 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
-from .boxes import box_iou
+from .boxes import box_iou, level_components, stack_components
 from .errors import CamlocError, ClassError
 from .models import ClassifierAdapter
 
@@ -225,32 +224,33 @@ class Sweep:
 
 
 def component_boxes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """8-connected components of every mask of a ``(T, H, W)`` stack, in one labelling.
+    """8-connected components of every mask of a ``(T, H, W)`` stack, in one pass.
 
     Returns ``(layer (M,), boxes (M, 4), areas (M,))``: which mask each component is in, its
-    box in pixel edges and its pixel count.
+    box in pixel edges and its pixel count (in each mask, numbered by its first pixel).
 
     >>> masks = np.zeros((2, 4, 6), bool); masks[0, 1:3, 0:2] = masks[0, 0, 5] = True
     >>> layer, boxes, areas = component_boxes(masks)
     >>> layer.tolist(), boxes.tolist(), areas.tolist()
     ([0, 0], [[5.0, 0.0, 6.0, 1.0], [0.0, 1.0, 2.0, 3.0]], [1, 4])
     """
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1] = True  # connect within a mask, never across thresholds
-    labels, count = ndimage.label(masks, structure=structure)
-    if count == 0:
+    return _flatten_components(stack_components(np.asarray(masks, dtype=bool)))
+
+
+def _flatten_components(found: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    layer = np.repeat(np.arange(len(found)), [len(areas) for areas, _ in found])
+    if layer.size == 0:
         return np.zeros(0, np.int64), np.zeros((0, 4), np.float64), np.zeros(0, np.int64)
-    slices = ndimage.find_objects(labels)
-    spans = np.array([[s[0].start, s[2].start, s[1].start, s[2].stop, s[1].stop] for s in slices])
-    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    return spans[:, 0], spans[:, 1:].astype(np.float64), areas
+    boxes = np.concatenate([boxes for _, boxes in found]).astype(np.float64)
+    return layer, boxes, np.concatenate([areas for areas, _ in found])
 
 
 def sweep_ious(normalized: torch.Tensor, gt_boxes: np.ndarray, thresholds: torch.Tensor) -> Sweep:
     """Box IoUs of a normalised ``(H, W)`` map at every τ in ``thresholds`` (pixels ``>= τ``).
 
-    The masks of all thresholds are built at once on tensors; masks equal to the previous
-    one (same pixel count: the masks are nested) and empty masks are not labelled again.
+    Pixel counts at every τ come from one binary search per pixel; masks equal to the
+    previous one (same count: the masks are nested) and empty masks are not labelled again,
+    the others are labelled in one pass (:func:`camloc.boxes.level_components`).
 
     >>> heat = torch.zeros(10, 30); heat[2:8, 2:8] = 1.0; heat[2:8, 20:28] = 0.5
     >>> s = sweep_ious(heat, np.array([[20, 2, 28, 8]]), torch.tensor([0.4, 0.9]))
@@ -258,9 +258,11 @@ def sweep_ious(normalized: torch.Tensor, gt_boxes: np.ndarray, thresholds: torch
     ([1.0, 0.0], [1.0, 0.0])
     """
     order = torch.argsort(thresholds)
-    sorted_thresholds = thresholds[order].to(normalized.device, normalized.dtype)
-    masks = normalized[None] >= sorted_thresholds[:, None, None]  # (T, H, W)
-    counts = masks.flatten(1).sum(1).cpu().numpy()
+    values = normalized.detach().float().cpu().numpy()
+    levels = thresholds[order].numpy().astype(np.float32)
+    # pixels >= each τ: each pixel counts for the τ's at or below it (one binary search a pixel)
+    below = np.bincount(np.searchsorted(levels, values.ravel(), side="right"), minlength=len(levels) + 1)
+    counts = below[::-1].cumsum()[::-1][1:]
     fresh = (counts > 0) & np.concatenate([[True], counts[1:] != counts[:-1]])
     distinct = np.flatnonzero(fresh)
     # each τ reuses the components of the last distinct mask at or before it
@@ -268,9 +270,7 @@ def sweep_ious(normalized: torch.Tensor, gt_boxes: np.ndarray, thresholds: torch
     best_distinct = np.zeros(len(distinct))
     largest_distinct = np.zeros(len(distinct))
     if len(distinct) and len(gt_boxes):
-        layer, boxes, areas = component_boxes(
-            masks[torch.from_numpy(distinct).to(masks.device)].cpu().numpy()
-        )
+        layer, boxes, areas = _flatten_components(level_components(values, levels[distinct]))
         ious = box_iou(boxes, gt_boxes).max(1) if len(boxes) else np.zeros(0)
         np.maximum.at(best_distinct, layer, ious)
         pick = np.lexsort((-areas, layer))  # by layer, largest area first
