@@ -82,6 +82,28 @@ def test_sweep_matches_per_threshold_labelling():
         assert sweep.largest[t] == pytest.approx(box_iou(boxes[:1], gt).max() if boxes else 0.0)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_sweep_matches_scipy_labelling_on_maps_with_ties(seed):
+    """Against an independent reference: ``ndimage.label`` of ``map >= τ`` for every τ, on
+    maps quantised so that many pixels sit exactly on a threshold, τ's given unsorted."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    heat = torch.from_numpy(rng.random((5, 7))).float()
+    heat = torch.nn.functional.interpolate(heat[None, None], size=(47, 71), mode="bilinear")[0, 0]
+    heat = (camloc.normalize_maps(heat) * 20).round() / 20  # values on the 0.05 grid
+    gt = np.array([[5, 3, 30, 25], [40, 20, 70, 46]])
+    thresholds = sweep_thresholds(0.05)[torch.from_numpy(rng.permutation(20))]
+    sweep = sweep_ious(heat, gt, thresholds)
+    for t, tau in enumerate(thresholds.tolist()):
+        labels, count = ndimage.label((heat >= tau).numpy(), structure=np.ones((3, 3)))
+        boxes = [(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in ndimage.find_objects(labels)]
+        areas = np.bincount(labels.ravel())[1:]
+        best = box_iou(boxes, gt).max() if count else 0.0
+        largest = box_iou([boxes[int(np.argmax(areas))]], gt).max() if count else 0.0
+        assert sweep.best[t] == pytest.approx(best) and sweep.largest[t] == pytest.approx(largest)
+
+
 def test_max_box_acc_hand_computed():
     # 3 images x 4 thresholds of best IoUs
     ious = np.array([[0.2, 0.55, 0.75, 0.1], [0.35, 0.5, 0.45, 0.0], [0.8, 0.6, 0.2, 0.0]])
