@@ -106,23 +106,21 @@ def normalized_to_original_batch(maps: torch.Tensor, geometries: list[Geometry],
         (sy, sx), (oy, ox) = geometry.scale, geometry.offset
         peak_rows = extreme_samples(height, chosen.shape[-2], input_h, sy, oy, cropped).to(chosen.device)
         peak_cols = extreme_samples(width, chosen.shape[-1], input_w, sx, ox, cropped).to(chosen.device)
-        probe = torch.einsum("Hh,nkhw,Ww->nkHW", rows[peak_rows], chosen, cols[peak_cols]).flatten(2)
+        probe = (rows[peak_rows] @ chosen @ cols[peak_cols].T).flatten(2)  # (n, k, peaks)
         high, at_high = probe.max(-1)
         low, at_low = probe.min(-1) if mode == "minmax" else (torch.zeros_like(high), None)
         span = flat_safe_span(low, high)
         small = (chosen - low[..., None, None]) / span[..., None, None]
-        normalized = torch.einsum("Hh,nkhw,Ww->nkHW", rows, small, cols).clamp_(0, 1)
+        normalized = (rows @ small @ cols.T).clamp_(0, 1)  # (n, k, H, W)
         if cropped:
             normalized.mul_(coverage_mask(geometry, chosen.device))
-        # the peak (and the trough) exactly 1 (and 0), as normalize_maps gives them, not 1 - ε
-        ranged = span.isfinite()
-        for value, at in ((1.0, at_high), (0.0, at_low)):
+        # the peak exactly 1 (the trough 0), as normalize_maps gives them, not 1 - ε; a flat
+        # map is all 0 already
+        pixels = normalized.view(*normalized.shape[:2], -1)
+        for at, value in ((at_high, span.isfinite().float()), (at_low, torch.zeros_like(span))):
             if at is not None:
-                where = ranged.nonzero(as_tuple=True)
-                spot = at[where]
-                rows_at = peak_rows[spot // peak_cols.numel()]
-                cols_at = peak_cols[spot % peak_cols.numel()]
-                normalized[(*where, rows_at, cols_at)] = value
+                spot = peak_rows[at // peak_cols.numel()] * width + peak_cols[at % peak_cols.numel()]
+                pixels.scatter_(2, spot[..., None], value[..., None])
         for index, result in zip(indices, normalized, strict=True):
             results[index] = result
     return results
@@ -245,7 +243,9 @@ def _framed_components(padded: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]
     offsets = np.zeros(runs + 1, np.int64)
     np.cumsum(links, out=offsets[1:])
     target = first.repeat(links) + np.arange(offsets[-1]) - offsets[:-1].repeat(links)
-    graph = csr_matrix((np.ones(target.size, np.int8), target, offsets), shape=(runs, runs))
+    # float64 data and int32 indices are what csgraph works in: no conversions on the way
+    graph = csr_matrix((np.ones(target.size), target.astype(np.int32), offsets.astype(np.int32)),
+                       shape=(runs, runs))
     found, label = connected_components(graph, directed=False)  # numbered by their first run
     areas = np.bincount(label, weights=ends - starts, minlength=found).astype(np.int64)
     boxes = np.empty((found, 4), np.int64)
