@@ -287,3 +287,21 @@ def test_boxes_from_maps_compare_alike_on_every_dtype_and_device_path():
             assert got == expected_low
         else:
             assert got == expected
+
+
+def test_finishing_inside_autocast_stays_float32():
+    """A caller's bfloat16 autocast (``--amp``) must not make the maps bfloat16."""
+    import camloc
+    from camloc import cam
+
+    model = camloc.load_model("resnet18", weights="random")
+    geometries = [random_geometry(np.random.default_rng(i), "center-crop") for i in range(3)]
+    output = cam.CAMMethod(model)(torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(1)),
+                                  cam.ClassSelection(topk=2))
+    plain = cam.finish(output, geometries, model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = cam.finish(output, geometries, model)
+        raw = [result.maps for result in inside]
+    for a, b, maps in zip(plain, inside, raw, strict=True):
+        assert b.normalized.dtype == torch.float32 and maps.dtype == torch.float32
+        assert torch.equal(a.normalized, b.normalized) and a.boxes == b.boxes

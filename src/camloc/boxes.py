@@ -98,32 +98,38 @@ def normalized_to_original_batch(maps: torch.Tensor, geometries: list[Geometry],
     if mode not in NORMALIZATIONS:
         raise ValueError(f"unknown normalisation {mode!r}; choose from {', '.join(NORMALIZATIONS)}")
     results: list[torch.Tensor | None] = [None] * len(geometries)
-    for geometry, indices in group_by_geometry(geometries).items():
-        chosen = (maps[indices] if len(indices) < len(geometries) else maps).float()
-        rows, cols = resampling_matrices(geometry, chosen.shape[-2:], chosen.device)
-        cropped = geometry.policy == "center-crop"
-        (height, width), (input_h, input_w) = geometry.original_size, geometry.input_size
-        (sy, sx), (oy, ox) = geometry.scale, geometry.offset
-        peak_rows = extreme_samples(height, chosen.shape[-2], input_h, sy, oy, cropped).to(chosen.device)
-        peak_cols = extreme_samples(width, chosen.shape[-1], input_w, sx, ox, cropped).to(chosen.device)
-        probe = (rows[peak_rows] @ chosen @ cols[peak_cols].T).flatten(2)  # (n, k, peaks)
-        high, at_high = probe.max(-1)
-        low, at_low = probe.min(-1) if mode == "minmax" else (torch.zeros_like(high), None)
-        span = flat_safe_span(low, high)
-        small = (chosen - low[..., None, None]) / span[..., None, None]
-        normalized = (rows @ small @ cols.T).clamp_(0, 1)  # (n, k, H, W)
-        if cropped:
-            normalized.mul_(coverage_mask(geometry, chosen.device))
-        # the peak exactly 1 (the trough 0), as normalize_maps gives them, not 1 - ε; a flat
-        # map is all 0 already
-        pixels = normalized.view(*normalized.shape[:2], -1)
-        for at, value in ((at_high, span.isfinite().float()), (at_low, torch.zeros_like(span))):
-            if at is not None:
-                spot = peak_rows[at // peak_cols.numel()] * width + peak_cols[at % peak_cols.numel()]
-                pixels.scatter_(2, spot[..., None], value[..., None])
-        for index, result in zip(indices, normalized, strict=True):
-            results[index] = result
+    with torch.autocast(maps.device.type, enabled=False):  # float32 maps, even inside --amp
+        for geometry, indices in group_by_geometry(geometries).items():
+            chosen = maps[indices] if len(indices) < len(geometries) else maps
+            for index, result in zip(indices, _normalized_group(chosen.float(), geometry, mode), strict=True):
+                results[index] = result
     return results
+
+
+def _normalized_group(maps: torch.Tensor, geometry: Geometry, mode: str) -> torch.Tensor:
+    """``(n, k, h, w)`` maps of images that share ``geometry`` → ``(n, k, H, W)`` normalised."""
+    rows, cols = resampling_matrices(geometry, maps.shape[-2:], maps.device)
+    cropped = geometry.policy == "center-crop"
+    (height, width), (input_h, input_w) = geometry.original_size, geometry.input_size
+    (sy, sx), (oy, ox) = geometry.scale, geometry.offset
+    peak_rows = extreme_samples(height, maps.shape[-2], input_h, sy, oy, cropped).to(maps.device)
+    peak_cols = extreme_samples(width, maps.shape[-1], input_w, sx, ox, cropped).to(maps.device)
+    probe = (rows[peak_rows] @ maps @ cols[peak_cols].T).flatten(2)  # (n, k, peaks)
+    high, at_high = probe.max(-1)
+    low, at_low = probe.min(-1) if mode == "minmax" else (torch.zeros_like(high), None)
+    span = flat_safe_span(low, high)
+    small = (maps - low[..., None, None]) / span[..., None, None]
+    normalized = (rows @ small @ cols.T).clamp_(0, 1)  # (n, k, H, W)
+    if cropped:
+        normalized.mul_(coverage_mask(geometry, maps.device))
+    # the peak exactly 1 (the trough 0), as normalize_maps gives them, not 1 - ε; a flat map
+    # is all 0 already
+    pixels = normalized.view(*normalized.shape[:2], -1)
+    for at, value in ((at_high, span.isfinite().float()), (at_low, torch.zeros_like(span))):
+        if at is not None:
+            spot = peak_rows[at // peak_cols.numel()] * width + peak_cols[at % peak_cols.numel()]
+            pixels.scatter_(2, spot[..., None], value[..., None])
+    return normalized
 
 
 def parse_threshold(value: Threshold) -> Threshold:

@@ -255,7 +255,8 @@ def maps_to_original(maps: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     One separable bilinear interpolation (two small matmuls), exact for every resize policy.
     """
     rows, cols = resampling_matrices(geometry, maps.shape[-2:], maps.device)
-    return torch.einsum("Hh,khw,Ww->kHW", rows, maps.float(), cols)
+    with torch.autocast(maps.device.type, enabled=False):  # float32, even inside --amp
+        return torch.einsum("Hh,khw,Ww->kHW", rows, maps.float(), cols)
 
 
 def group_by_geometry(geometries: list[Geometry]) -> dict[Geometry, list[int]]:
@@ -276,7 +277,9 @@ def maps_to_original_batch(maps: torch.Tensor, geometries: list[Geometry]) -> li
     for geometry, indices in group_by_geometry(geometries).items():
         rows, cols = resampling_matrices(geometry, maps.shape[-2:], maps.device)
         chosen = maps[indices] if len(indices) < len(geometries) else maps
-        for index, result in zip(indices, torch.einsum("Hh,nkhw,Ww->nkHW", rows, chosen.float(), cols), strict=True):
+        with torch.autocast(maps.device.type, enabled=False):
+            together = torch.einsum("Hh,nkhw,Ww->nkHW", rows, chosen.float(), cols)
+        for index, result in zip(indices, together, strict=True):
             resampled[index] = result
     return resampled
 
