@@ -72,8 +72,10 @@ def main() -> None:
     with torch.no_grad():
         classes = net(batch).argmax(1).tolist()
 
-    def camloc_maps(name):
+    def camloc_maps(name, **settings):
         method = get_method(name, adapter)
+        for key, value in settings.items():
+            setattr(method, key, value)
 
         def go():
             out = method(batch, ClassSelection(topk=1))
@@ -102,10 +104,11 @@ def main() -> None:
     runs = {"cam": [("camloc", camloc_maps("cam")), ("torchcam", torchcam_maps(TcCAM, fc_layer=classifier))],
             "gradcam": [("camloc", camloc_maps("gradcam")), ("torchcam", torchcam_maps(TcGradCAM)),
                         ("pytorch-grad-cam", pgc_maps(PgcGradCAM))]}
-    if args.scorecam:
-        runs["scorecam"] = [("camloc", camloc_maps("scorecam")),
-                            ("torchcam", torchcam_maps(TcScoreCAM, batch_size=ScoreCAM.batch_size)),  # same chunks
-                            ("pytorch-grad-cam", pgc_maps(PgcScoreCAM, ScoreCAM.batch_size))]
+    if args.scorecam:  # all three with the chunks camloc picks for the device
+        chunk = ScoreCAM(adapter).chunk_size(batch)
+        runs["scorecam"] = [("camloc", camloc_maps("scorecam", batch_size=chunk)),
+                            ("torchcam", torchcam_maps(TcScoreCAM, batch_size=chunk)),
+                            ("pytorch-grad-cam", pgc_maps(PgcScoreCAM, chunk))]
     report = {"model": args.model, "batch": args.batch, "size": size, "device": str(adapter.device)}
     print(f"{args.model} ({'trained' if trained else 'random'} weights), batch {args.batch}, {size}x{size}, "
           f"device {adapter.device}")

@@ -13,7 +13,7 @@ and gradients ``g = ∂S_c/∂A``:
 
 One forward and one backward per requested rank serve the whole batch: the selected logits
 are summed over the batch, and since images do not interact, each image gets its own
-gradient. Score-CAM's ``N·K`` masked forwards run in chunks of :attr:`ScoreCAM.batch_size`.
+gradient. Score-CAM's ``N·K`` masked forwards run in chunks (:meth:`ScoreCAM.chunk_size`).
 Maps come out at feature resolution, like CAM, and ``finish()`` upsamples them.
 
 On a GAP + linear head Grad-CAM is ``ReLU(CAM) / hw`` exactly: ``∂S_c/∂A_k(x, y) = W_ck / hw``.
@@ -300,13 +300,29 @@ class LayerCAM(GradientMethod):
 class ScoreCAM(LayerMethod):
     """Score-CAM: channel weights from the class score of the input masked by each channel.
 
-    ``batch_size`` masked images per forward; all requested classes read the same forwards.
-    A flat channel (often a third of a trained network's, all zero after its ReLU) masks the
-    image to all zeros whatever the image, so all of them share one forward of a black image.
+    ``batch_size`` masked images per forward (``None``: :meth:`chunk_size`'s choice for the
+    device); all requested classes read the same forwards. A flat channel (often a third of
+    a trained network's, all zero after its ReLU) masks the image to all zeros whatever the
+    image, so all of them share one forward of a black image.
     """
 
     name = "scorecam"
-    batch_size: int = 64
+    batch_size: int | None = None
+
+    def chunk_size(self, batch: torch.Tensor) -> int:
+        """Masked images per forward: ``batch_size``, else as many as make 16 images of
+        224×224 on a CPU (whose caches favour small batches: 1.5× faster than 64 such
+        images for the default model on 2 cores) and 64 on a GPU.
+
+        >>> import camloc, torch
+        >>> method = ScoreCAM(camloc.load_model("resnet18", weights="random"))
+        >>> method.chunk_size(torch.zeros(1, 3, 224, 224)), method.chunk_size(torch.zeros(1, 3, 64, 64))
+        (16, 196)
+        """
+        if self.batch_size:
+            return self.batch_size
+        images = 16 if batch.device.type == "cpu" else 64
+        return max(1, min(1024, round(images * 224 * 224 / (batch.shape[-2] * batch.shape[-1]))))
 
     def compute(self, batch: torch.Tensor, selection: ClassSelection) -> MethodOutput:
         logits, output = self.capture(batch, self.target.name)
@@ -331,8 +347,9 @@ class ScoreCAM(LayerMethod):
             black = self.model.model(torch.zeros_like(batch[:1]))[0].float()
             scores[blank] = black[classes[image_of[blank]]]
         used = (~blank).nonzero().squeeze(1)
-        for start in range(0, used.numel(), self.batch_size):
-            part = used[start : start + self.batch_size]
+        chunk = self.chunk_size(batch)
+        for start in range(0, used.numel(), chunk):
+            part = used[start : start + chunk]
             upsampled = F.interpolate(flat_masks[part], size=batch.shape[-2:], mode="bilinear",
                                       align_corners=False)
             masked_logits = self.model.model(batch[image_of[part]] * upsampled.to(batch.dtype))
