@@ -185,6 +185,7 @@ def test_boxes_of_arrays_in_any_layout():
     assert boxes_from_map(heat.T, 0.5) == [(2, 20, 6, 28)]
     assert boxes_from_map(heat.astype(np.float32) > 0.5, 0.5) == [(20, 2, 28, 6)]  # a boolean mask
     assert boxes_from_maps(np.stack([heat, heat[::-1]]), 0.5) == [[(20, 2, 28, 6)], [(20, 14, 28, 18)]]
+    assert boxes_from_maps(np.zeros((0, 20, 30)), 0.5) == [] == boxes_from_maps(np.zeros((0, 20, 30)), "otsu")
 
 
 def random_geometry(rng: np.random.Generator, policy: str):
@@ -262,6 +263,7 @@ def test_extreme_samples_hold_the_extremes_of_every_resampled_signal():
             assert torch.isclose(resampled[chosen].max(), values.max(), atol=1e-12)
             assert torch.isclose(resampled[chosen].min(), values.min(), atol=1e-12)
             assert chosen.numel() <= 2 * n_feature + 2
+    assert extreme_samples(10, 3, 100, 1.0, 500.0, seen_only=True).numel() == 0  # none seen
 
 
 def test_raw_maps_at_original_resolution_come_when_asked():

@@ -346,7 +346,7 @@ def level_components(maps: torch.Tensor | np.ndarray, levels: Sequence[float]) -
     """
     maps = _as_tensor(maps)
     maps = maps[None] if maps.dim() == 2 else maps
-    count, height, width = max(len(maps), len(levels)), maps.shape[1], maps.shape[2]
+    count, height, width = len(levels) if len(maps) == 1 else len(maps), maps.shape[1], maps.shape[2]
     padded = _framed(count, height, width)
     inside = padded[:, :height, 1:-1]
     if maps.device.type == "cpu" and maps.dtype in (torch.float32, torch.float64):

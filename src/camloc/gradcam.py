@@ -301,7 +301,7 @@ class ScoreCAM(LayerMethod):
     """Score-CAM: channel weights from the class score of the input masked by each channel.
 
     ``batch_size`` masked images per forward (``None``: :meth:`chunk_size`'s choice for the
-    device); all requested classes read the same forwards. A flat channel (often a third of
+    device and input size); all requested classes read the same forwards. A flat channel (often a third of
     a trained network's, all zero after its ReLU) masks the image to all zeros whatever the
     image, so all of them share one forward of a black image.
     """

@@ -302,6 +302,8 @@ def extreme_samples(n_out: int, n_feature: int, n_input: int, scale: float, offs
 def _extreme_samples(n_out, n_feature, n_input, scale, offset, seen_only) -> torch.Tensor:
     position = scale * (np.arange(n_out) + 0.5) + offset  # on the network's input
     kept = np.flatnonzero((position >= 0) & (position <= n_input)) if seen_only else np.arange(n_out)
+    if kept.size == 0:
+        return torch.zeros(0, dtype=torch.int64)
     source = (position[kept] * (n_feature / n_input) - 0.5).clip(0, n_feature - 1)
     piece = np.floor(source)
     change = piece[1:] != piece[:-1]
