@@ -288,16 +288,22 @@ def test_one_forward_and_one_backward_per_rank_for_the_whole_batch(models, monke
                                        atol=1e-5 * together.maps.abs().max())
 
 
+def counted_scorecam(monkeypatch, net: nn.Module, chunk: int, x: torch.Tensor, selection: ClassSelection):
+    """Score-CAM on ``net``'s features in chunks of ``chunk``: ``(method, output, counter)``,
+    the counter holding the forwards and backwards of that one call."""
+    method = ScoreCAM(camloc.adapt(net, input_size=16), layer="features")
+    method.batch_size = chunk
+    counter = Counter(monkeypatch, net)
+    output = method(x, selection)
+    counter.handle.remove()
+    return method, output, counter
+
+
 def test_scorecam_forwards_are_chunked_across_channels(monkeypatch):
     torch.manual_seed(0)
     net = TinyNet()
-    adapter = camloc.adapt(net, input_size=16)
-    method = ScoreCAM(adapter, layer="features")
-    method.batch_size = 4
     x = batch(16, 3, seed=2)
-    counter = Counter(monkeypatch, net)
-    output = method(x, ClassSelection(topk=2))
-    counter.handle.remove()
+    method, output, counter = counted_scorecam(monkeypatch, net, 4, x, ClassSelection(topk=2))
     channels = 3
     assert counter.forwards == 1 + math.ceil(3 * channels / 4)
     assert counter.backwards == 0
@@ -314,13 +320,8 @@ def test_scorecam_shares_one_black_image_forward_among_blank_channels(monkeypatc
     with torch.no_grad():  # channel 1 is all zero after the ReLU, for every image
         net.features[0].weight[1] = 0
         net.features[0].bias[1] = -1
-    adapter = camloc.adapt(net, input_size=16)
-    method = ScoreCAM(adapter, layer="features")
-    method.batch_size = 2
     x = batch(16, 3, seed=5)
-    counter = Counter(monkeypatch, net)
-    output = method(x, ClassSelection(topk=1))
-    counter.handle.remove()
+    _, output, counter = counted_scorecam(monkeypatch, net, 2, x, ClassSelection(topk=1))
     # the capture, one black image, then the 3 images x 2 non-blank channels in pairs
     # (all 9 masked images would be 1 + 5 forwards)
     assert counter.forwards == 1 + 1 + 3
