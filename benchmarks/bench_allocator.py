@@ -24,7 +24,8 @@ applied = tune_allocator()
 sys.path.insert(0, {benchmarks!r})
 import camloc
 from bench_cam import load_batch
-from camloc.cam import CAMMethod, ClassSelection, finish
+from camloc.methods import CAMMethod, ClassSelection
+from camloc.pipeline import finish
 from camloc.models import inference_mode
 from timing import best_times
 model = camloc.load_model({model!r}, weights={weights!r})

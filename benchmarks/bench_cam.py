@@ -6,7 +6,7 @@ Same model, same images, same batch, one run. Prints times and ratios:
 
 - forward:        the model's forward pass alone (no_grad)
 - camloc top-1:   forward + camloc's CAM of the top class, resampled to each image's
-                  original size, normalised, boxes and predictions (``camloc.cam.finish``:
+                  original size, normalised, boxes and predictions (``camloc.pipeline.finish``:
                   what ``camloc.explain`` returns, without decoding)
 - camloc top-5:   the same for the five most likely classes
 - naive (Keras notebook): forward, then per image upsample the K feature channels to the
@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from timing import allocator_option, apply_allocator, best_times
 
 import camloc
-from camloc.cam import CAMMethod, ClassSelection, finish
+from camloc.methods import CAMMethod, ClassSelection
+from camloc.pipeline import finish
 from camloc.images import load_image, preprocess
 from camloc.models import inference_mode
 

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 import camloc
-from camloc.cam import CAMMethod, ClassSelection
-from camloc.keras_models import import_keras
-from camloc.onnx_models import export_onnx
+from camloc.methods import CAMMethod, ClassSelection
+from camloc.models.keras import import_keras
+from camloc.onnx_export import export_onnx
 
 
 def best_of(function, repeats: int) -> float:

@@ -23,7 +23,8 @@ from bench_cam import load_batch
 from timing import allocator_option, apply_allocator, best_times
 
 import camloc
-from camloc.cam import CAMMethod, ClassSelection, finish
+from camloc.methods import CAMMethod, ClassSelection
+from camloc.pipeline import finish
 from camloc.models import inference_mode
 
 

@@ -26,8 +26,8 @@ import torch
 from PIL import Image, ImageOps
 
 import camloc
-from camloc.runner import RunOptions
-from camloc.runner import run as run_local
+from camloc.jobs.local import RunOptions
+from camloc.jobs.local import run as run_local
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 
@@ -77,7 +77,7 @@ def tree_cpu_seconds(root: int) -> float:
 def timed(engine: str, model, folder: Path, batch_size: int, count: int):
     """(seconds, seconds to first record, CPU seconds, images done) of one run."""
     out = Path(tempfile.mkdtemp(prefix=f"camloc-bench-{engine}-"))
-    options = RunOptions(out=out, batch_size=batch_size)
+    options = RunOptions.build(out=out, batch_size=batch_size)
     first: list[float] = []
     cpu: list[float] = []
     seen = [0]
@@ -100,8 +100,8 @@ def timed(engine: str, model, folder: Path, batch_size: int, count: int):
             finally:
                 torch.set_num_threads(threads)
         else:
-            from camloc.ray_engine import RayOptions
-            from camloc.ray_engine import run as run_ray
+            from camloc.jobs.ray import RayOptions
+            from camloc.jobs.ray import run as run_ray
 
             # "ray2": 2 actors; "ray2s": 2 actors, loading in separate tasks (not fused)
             workers = int(engine.removeprefix("ray").removesuffix("s"))

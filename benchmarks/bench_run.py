@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader
 
 import camloc
 from camloc.models import inference_mode, resolve_device
-from camloc.runner import ImageDataset, RunOptions, run
+from camloc.dataset import ImageDataset
+from camloc.jobs.local import RunOptions, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +94,7 @@ def main() -> None:
         folder = make_folder(scratch / "images", args.images)
         paths = sorted(folder.glob("*.jpg"))
         model = camloc.load_model(device=resolve_device(args.device))
-        options = RunOptions(out=scratch / "out", batch_size=args.batch, workers=args.workers, amp=args.amp)
+        options = RunOptions.build(out=scratch / "out", batch_size=args.batch, workers=args.workers, amp=args.amp)
         workers = options.workers if options.workers is not None else min(4, os.cpu_count() or 1)
         forward_only(model, paths[: args.batch * 2], args.batch, 0, args.amp)  # warm up
         baseline = forward_only(model, paths, args.batch, workers, args.amp)

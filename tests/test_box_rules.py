@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from camloc.boxes import box_iou, boxes_from_map, normalize_maps, otsu_level, parse_threshold
-from camloc.cam import BoxOptions
+from camloc.boxes import box_iou, boxes_from_map, otsu_level, parse_threshold
+from camloc.maps import normalize_maps
+from camloc.pipeline import BoxOptions
 from camloc.errors import ClassError
 
 

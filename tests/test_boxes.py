@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from camloc.boxes import box_iou, boxes_from_map, boxes_from_mask, normalize_maps
+from camloc.boxes import box_iou, boxes_from_map, boxes_from_mask
+from camloc.maps import normalize_maps
 
 
 def two_blobs():

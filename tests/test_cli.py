@@ -136,7 +136,7 @@ def test_console_script_is_installed():
 
 
 def test_outputs_get_the_permissions_of_ordinary_files(tmp_path):
-    from camloc.runner import write_atomic
+    from camloc.jobs.files import write_atomic
 
     write_atomic(tmp_path / "atomic.bin", b"data")
     (tmp_path / "plain.bin").write_bytes(b"data")

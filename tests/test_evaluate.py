@@ -13,19 +13,12 @@ from typer.testing import CliRunner
 
 import camloc
 from camloc.boxes import box_iou
-from camloc.cam import ClassSelection, explain_batch, get_method, network_size
-from camloc.evaluate import (
-    GroundTruthError,
-    component_boxes,
-    evaluate,
-    match_images,
-    max_box_acc,
-    read_ground_truth,
-    sweep_ious,
-    sweep_thresholds,
-    working_resolution,
-)
-from camloc.runner import RunOptions
+from camloc.methods import ClassSelection, explain_batch, get_method
+from camloc.pipeline import network_size
+from camloc.evaluate import GroundTruthError, evaluate, max_box_acc, read_ground_truth, sweep_ious
+from camloc.evaluate.metrics import component_boxes, sweep_thresholds, working_resolution
+from camloc.evaluate.ground_truth import match_images
+from camloc.config import ExplainConfig
 
 # --------------------------------------------------------------------------- metrics
 
@@ -321,7 +314,7 @@ def synthetic_set(tmp_path):
 def test_evaluate_synthetic_set(colour_model, synthetic_set):
     folder, boxes = synthetic_set
     result = evaluate(
-        colour_model, folder, boxes, RunOptions(input_size=64, batch_size=2, scales=(1.0,))
+        colour_model, folder, boxes, ExplainConfig(input_size=64, scales=(1.0,)), batch_size=2
     )
     metrics = result.metrics()
     assert metrics["num_images"] == 3  # red1 has an unknown label: counted, not evaluated

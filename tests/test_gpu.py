@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import camloc
-from camloc.runner import RunOptions, run
+from camloc.jobs.local import RunOptions, run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
@@ -26,7 +26,7 @@ def test_cpu_and_gpu_agree(photos, tmp_path):
         for boxes_a, boxes_b in zip(a.boxes, b.boxes, strict=True):
             gap = torch.tensor(boxes_a, dtype=torch.float) - torch.tensor(boxes_b, dtype=torch.float)
             assert gap.abs().max() <= 3
-    summary = run(gpu_model, [str(p) for p in paths], RunOptions(out=tmp_path / "gpu", topk=2, amp=True))
+    summary = run(gpu_model, [str(p) for p in paths], RunOptions.build(out=tmp_path / "gpu", topk=2, amp=True))
     assert summary.done == 3
     records = [json.loads(line) for line in (tmp_path / "gpu" / "results.jsonl").read_text().splitlines()]
     assert [r["cams"][0]["index"] for r in records] == [r.targets[0].index for r in cpu]

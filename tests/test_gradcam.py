@@ -16,7 +16,7 @@ from torch import nn
 
 import camloc
 from camloc import ClassSelection, ModelError, get_method
-from camloc.gradcam import GradCAM, ScoreCAM, SpatialLayer, spatial_layer
+from camloc.methods import GradCAM, ScoreCAM, SpatialLayer, spatial_layer
 
 pytestmark = pytest.mark.timeout(300)
 EXAMPLE = "examples/images/chelsea_cat.jpg"
@@ -447,10 +447,10 @@ def test_explain_with_every_method_gives_boxes_at_original_resolution(models):
 
 
 def test_runner_auto_uses_gradcam_on_vgg(models, tmp_path):
-    from camloc.runner import RunOptions, run
+    from camloc.jobs.local import RunOptions, run
 
     adapter, _ = model(models, "vgg11")
-    summary = run(adapter, [EXAMPLE], RunOptions(out=tmp_path, topk=2))
+    summary = run(adapter, [EXAMPLE], RunOptions.build(out=tmp_path, topk=2))
     assert summary.done == 1
     [record] = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert record["method"] == "gradcam" and len(record["cams"]) == 2
@@ -491,8 +491,8 @@ def test_cli_errors_are_one_line(monkeypatch, capsys, tmp_path, args, message):
 
 
 def test_gradcam_registered_by_importing_camloc():
-    assert {"cam", "gradcam", "gradcam++", "layercam", "scorecam"} <= set(camloc.cam.METHODS)
-    assert camloc.cam.METHODS["gradcam"] is GradCAM
+    assert {"cam", "gradcam", "gradcam++", "layercam", "scorecam"} <= set(camloc.methods.METHODS)
+    assert camloc.methods.METHODS["gradcam"] is GradCAM
 
 
 def test_cli_info_shows_the_gradient_layer(monkeypatch, capsys):

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import camloc
-from camloc.cam import class_maps, get_method
+from camloc.methods import class_maps, get_method
 from camloc.errors import ModelError
-from camloc.keras_models import import_keras
+from camloc.models.keras import import_keras
 
 IMAGES = Path(__file__).resolve().parent.parent / "examples" / "images"
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

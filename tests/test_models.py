@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 import camloc
-from camloc.cam import ClassSelection, class_maps
+from camloc.methods import ClassSelection, class_maps
 from camloc.errors import ClassError, ModelError
 from camloc.models import inference_mode
 

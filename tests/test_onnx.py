@@ -15,9 +15,10 @@ import torchvision
 from torch import nn
 
 import camloc
-from camloc.cam import CAMMethod, ClassSelection, class_maps
+from camloc.methods import CAMMethod, ClassSelection, class_maps
 from camloc.errors import ModelError
-from camloc.onnx_models import OnnxAdapter, export_onnx, find_onnx_head
+from camloc.models.onnx import OnnxAdapter, find_onnx_head
+from camloc.onnx_export import export_onnx
 
 IMAGES = Path(__file__).resolve().parent.parent / "examples" / "images"
 TOPK = 3

@@ -13,12 +13,13 @@ from PIL import Image
 
 import camloc
 from camloc.errors import CamlocError
-from camloc.runner import RESULTS_FILE, RunOptions, error_record, read_results
-from camloc.runner import run as run_local
+from camloc.jobs.files import RESULTS_FILE, error_record, read_results
+from camloc.jobs.local import RunOptions
+from camloc.jobs.local import run as run_local
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
-from camloc.ray_engine import RayOptions, import_ray  # noqa: E402
-from camloc.ray_engine import run as run_ray  # noqa: E402
+from camloc.jobs.ray import RayOptions, import_ray  # noqa: E402
+from camloc.jobs.ray import run as run_ray  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 pytestmark = pytest.mark.timeout(600)
@@ -45,7 +46,7 @@ def model():
 
 
 def options(out: Path, **changes) -> RunOptions:
-    return RunOptions(out=out, topk=2, batch_size=2, **changes)
+    return RunOptions.build(out=out, topk=2, batch_size=2, **changes)
 
 
 def keyed(out: Path) -> dict[str, dict]:
@@ -194,7 +195,7 @@ def test_zero_workers_refused():
 
 
 def test_actor_resources_without_a_cluster():
-    from camloc.ray_engine import actor_resources, local_cpus
+    from camloc.jobs.ray import actor_resources, local_cpus
 
     assert actor_resources(RayOptions(gpus_per_actor=0.5), "auto") == (0.5, "cuda")
     assert actor_resources(RayOptions(gpus_per_actor=1), "cuda:1") == (1, "cuda")

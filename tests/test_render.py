@@ -142,7 +142,7 @@ def test_a_stack_of_maps_gives_each_map_its_own_boxes(threshold):
 
 @pytest.mark.parametrize("mode", ["minmax", "max"])
 def test_normalized_maps_match_float64_and_stay_in_range(mode):
-    from camloc.boxes import normalize_maps
+    from camloc.maps import normalize_maps
 
     generator = torch.Generator().manual_seed(3)
     maps = torch.randn(4, 33, 47, generator=generator) * torch.tensor([1e-3, 1.0, 50.0, 1e4]).view(4, 1, 1)
@@ -161,14 +161,15 @@ def test_normalized_maps_match_float64_and_stay_in_range(mode):
 
 def test_finishing_in_parallel_equals_finishing_in_line(monkeypatch):
     import camloc
-    from camloc import cam
+    from camloc import methods
+    from camloc import pipeline as cam
     from camloc.images import Geometry
 
     model = camloc.load_model("resnet18", weights="random")
     geometries = [Geometry((300 + 7 * i, 400 - 5 * i), (224, 224), ((224 / (300 + 7 * i)), 224 / (400 - 5 * i)),
                            (0.0, 0.0), "squash") for i in range(6)]
-    output = cam.CAMMethod(model)(torch.randn(6, 3, 224, 224, generator=torch.Generator().manual_seed(0)),
-                                  cam.ClassSelection(topk=3))
+    output = methods.CAMMethod(model)(torch.randn(6, 3, 224, 224, generator=torch.Generator().manual_seed(0)),
+                                  methods.ClassSelection(topk=3))
     monkeypatch.setattr(cam, "PARALLEL_PIXELS", 0)
     parallel = cam.finish(output, geometries, model)
     monkeypatch.setattr(cam, "PARALLEL_PIXELS", 10**12)
@@ -211,7 +212,7 @@ def shaped_maps(rng: np.random.Generator, k: int, size: int) -> torch.Tensor:
 def test_normalising_before_resampling_equals_normalising_after(policy, mode):
     """The fast path (normalise the small map, resample once) against the straightforward
     one (resample, then normalise every pixel): same maps to float rounding, extremes exact."""
-    from camloc.boxes import normalize_maps, normalized_to_original, normalized_to_original_batch
+    from camloc.maps import normalize_maps, normalized_to_original, normalized_to_original_batch
     from camloc.images import coverage_mask, maps_to_original
 
     rng = np.random.default_rng(7)
@@ -294,12 +295,13 @@ def test_boxes_from_maps_compare_alike_on_every_dtype_and_device_path():
 def test_finishing_inside_autocast_stays_float32():
     """A caller's bfloat16 autocast (``--amp``) must not make the maps bfloat16."""
     import camloc
-    from camloc import cam
+    from camloc import methods
+    from camloc import pipeline as cam
 
     model = camloc.load_model("resnet18", weights="random")
     geometries = [random_geometry(np.random.default_rng(i), "center-crop") for i in range(3)]
-    output = cam.CAMMethod(model)(torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(1)),
-                                  cam.ClassSelection(topk=2))
+    output = methods.CAMMethod(model)(torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(1)),
+                                  methods.ClassSelection(topk=2))
     plain = cam.finish(output, geometries, model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         inside = cam.finish(output, geometries, model)

@@ -19,7 +19,7 @@ from serve_helpers import shared_model
 import camloc
 from camloc.errors import ImageError
 from camloc.images import read_image
-from camloc.runner import RunOptions, run
+from camloc.jobs.local import RunOptions, run
 from camloc.serve import create_app
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient")
@@ -106,7 +106,7 @@ def test_explain_returns_the_results_jsonl_record(client, tmp_path):
     assert response.status_code == 200, response.text
     body = response.json()
     # The same record a folder run writes to results.jsonl (paths and outputs aside).
-    run(shared_model(), [str(COFFEE)], RunOptions(out=tmp_path, topk=3))
+    run(shared_model(), [str(COFFEE)], RunOptions.build(out=tmp_path, topk=3))
     [line] = (tmp_path / "results.jsonl").read_text().splitlines()
     written = json.loads(line)
     for key in written:
@@ -219,7 +219,7 @@ def test_unknown_routes_and_colormaps_are_json_errors(client):
 
 
 def test_an_internal_error_is_one_line_of_json_too(monkeypatch):
-    import camloc.serve
+    import camloc.serve.app
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("simulated failure\nsecond line")

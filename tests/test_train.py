@@ -18,8 +18,10 @@ import torch
 
 from camloc.boxes import box_iou, boxes_from_map
 from camloc.errors import CamlocError, ModelError
-from camloc.models import load_checkpoint, load_model
-from camloc.train import DataError, TrainOptions, stages, train
+from camloc.models.checkpoint import load_checkpoint
+from camloc.models import load_model
+from camloc.train import DataError, TrainOptions, train
+from camloc.train.core import stages
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))

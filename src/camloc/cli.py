@@ -1,7 +1,11 @@
 """The ``camloc`` command: a thin shell over the library.
 
-User errors print one line (``error: ...``) and exit with status 2; a run with failed
-inputs exits with status 1 after processing everything else.
+Every command builds the one :class:`camloc.config.ExplainConfig` from its options and calls
+the shared pipeline. User errors print one line (``error: ...``) and exit with status 2,
+before any model is loaded where they can be known then; a run with failed inputs exits
+with status 1 after processing everything else. Only ``typer``, ``rich`` and camloc's
+torch-free modules are imported here, so ``camloc --help`` answers at once; each command
+imports what it needs.
 """
 
 from __future__ import annotations
@@ -9,30 +13,68 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
-from .allocator import tune_allocator
-from .cam import DEFAULT_BOX_THRESHOLD, DEFAULT_FLIP, DEFAULT_NORMALIZATION, DEFAULT_SCALES
+from . import __version__
+from .config import (
+    DEFAULT_FLIP,
+    DEFAULT_METHOD,
+    DEFAULT_NORMALIZATION,
+    DEFAULT_POLICY,
+    DEFAULT_SCALES,
+    NORMALIZATIONS,
+    RESIZE_POLICIES,
+    ExplainConfig,
+)
 from .errors import CamlocError
+
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+
+INPUTS, MODEL, METHOD, BOXES, LOOK, SPEED = (
+    "Inputs and outputs", "Model", "Method and views", "Boxes", "Rendering", "Performance")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"camloc {__version__}")
+        raise typer.Exit(0)
+
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
     help="Class Activation Maps: where an image classifier looks, and object boxes from it.",
 )
-err = Console(stderr=True, highlight=False)
 
 
-class Policy(str, Enum):
-    squash = "squash"
-    center_crop = "center-crop"
-    pad = "pad"
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="print camloc's version and exit")] = False) -> None:
+    """Class Activation Maps: where an image classifier looks, and object boxes from it."""
+
+
+def say(message: str, style: str | None = None, prefix: str = "") -> None:
+    """One line on stderr, printed verbatim (no markup is read from ``message``)."""
+    line = Text(prefix, style=style) if prefix else Text()
+    line.append(message.replace("\n", "\\n").replace("\r", "\\r"))
+    err.print(line)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    say(message, "bold red", "error: ")
+    raise typer.Exit(code)
+
+
+# --------------------------------------------------------------------------- shared options
+
+Policy = Enum("Policy", {name.replace("-", "_"): name for name in RESIZE_POLICIES}, type=str)
+Normalization = Enum("Normalization", {name: name for name in NORMALIZATIONS}, type=str)
 
 
 class ImageFormat(str, Enum):
@@ -45,65 +87,66 @@ class Engine(str, Enum):
     ray = "ray"
 
 
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
-    raise typer.Exit(code)
-
-
 ModelOption = Annotated[str | None, typer.Option(
-    "--model", "-m", help="efficientnet_lite0 (default, embedded), a timm/torchvision name, "
-    "a camloc checkpoint, or a .keras/.h5/.onnx file")]
+    "--model", "-m", rich_help_panel=MODEL, help="efficientnet_lite0 (default, embedded), a timm/torchvision "
+    "name, a camloc checkpoint, or a .keras/.h5/.onnx file")]
 WeightsOption = Annotated[Path | None, typer.Option(
-    "--weights", help="local weights file for a named model ('random' for untrained weights)")]
-DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")]
-MethodOption = Annotated[str, typer.Option(
-    "--method", help="auto (CAM when exact, else gradcam), cam, gradcam, gradcam++, layercam, scorecam")]
-PolicyOption = Annotated[Policy, typer.Option("--policy", help="how images are resized for the network")]
-AllComponentsOption = Annotated[bool, typer.Option(
-    "--all-components", help="a box per component, not only the largest")]
-MinAreaOption = Annotated[float, typer.Option(
-    "--min-area", help="with --all-components: smallest box, fraction of image")]
-BatchSizeOption = Annotated[int, typer.Option("--batch-size", "-b", min=1)]
+    "--weights", rich_help_panel=MODEL, help="local weights file for a named model ('random' for untrained "
+    "weights)")]
+DeviceOption = Annotated[str, typer.Option("--device", rich_help_panel=MODEL, help="auto, cpu, cuda, cuda:1 ...")]
 PreprocessOption = Annotated[str | None, typer.Option(
-    "--preprocess", help="input convention of a .keras/.onnx model: caffe, tf, torch or none "
-    "(default: the file's metadata, else the Keras application's, else none for Keras, "
-    "torch for ONNX)")]
-InputSizeOption = Annotated[int | None, typer.Option(
-    "--input-size", min=16,
-    help="side of the image fed to the network (default: the model's, 224)")]
-ThresholdOption = Annotated[float, typer.Option(
-    "--threshold", "-t", help="box threshold τ, fraction of the normalised map")]
-FlipOption = Annotated[bool, typer.Option(
-    "--flip/--no-flip", help="average the maps of the image and its mirror")]
-DEFAULT_SCALES_TEXT = ",".join(f"{s:g}" for s in DEFAULT_SCALES)
-ScalesOption = Annotated[str, typer.Option(
-    "--scales", help="also average views resized by these factors of --input-size (1 = none)")]
-
-
+    "--preprocess", rich_help_panel=MODEL, help="input convention of a .keras/.onnx model: caffe, tf, torch "
+    "or none (default: the file's metadata, else the Keras application's, else none for Keras, torch for ONNX)")]
 DilateOption = Annotated[bool, typer.Option(
-    "--dilate/--no-dilate", help="run the network's last stage at 2x resolution (its stride "
-    "replaced by dilation): 2x finer maps, better boxes; --no-dilate: the network as trained")]
-
-
-class Normalization(str, Enum):
-    max = "max"
-    minmax = "minmax"
-
-
+    "--dilate/--no-dilate", rich_help_panel=MODEL, help="run the network's last stage at 2x resolution (its "
+    "stride replaced by dilation): 2x finer maps, better boxes; --no-dilate: the network as trained")]
+MethodOption = Annotated[str, typer.Option(
+    "--method", rich_help_panel=METHOD, help="auto (CAM when exact, else gradcam), cam, gradcam, gradcam++, "
+    "layercam, scorecam")]
+LayerOption = Annotated[str | None, typer.Option(
+    "--layer", rich_help_panel=METHOD, help="target layer of the gradient methods (default: last spatial layer)")]
+PolicyOption = Annotated[Policy, typer.Option(
+    "--policy", rich_help_panel=METHOD, help="how images are resized for the network")]
+InputSizeOption = Annotated[int | None, typer.Option(
+    "--input-size", min=16, rich_help_panel=METHOD, help="side of the image fed to the network (default: the "
+    "model's)")]
+FlipOption = Annotated[bool, typer.Option(
+    "--flip/--no-flip", rich_help_panel=METHOD, help="average the maps of the image and its mirror")]
+ScalesOption = Annotated[str, typer.Option(
+    "--scales", rich_help_panel=METHOD, help="also average views resized by these factors of --input-size "
+    "(e.g. 1,2; 1 = none)")]
+AmpOption = Annotated[bool, typer.Option(
+    "--amp", rich_help_panel=SPEED, help="bfloat16 autocast for the network (maps stay float32)")]
+ThresholdOption = Annotated[str | None, typer.Option(
+    "--threshold", "-t", rich_help_panel=BOXES, help="box threshold: fraction of the map's range, or otsu / "
+    "otsu2 / mean (default: the model's recommended rule, else 0.25)")]
 NormalizeOption = Annotated[Normalization, typer.Option(
-    "--normalize", help="maps to [0, 1] before --threshold: relu/max, or min-max (the paper)")]
+    "--normalize", rich_help_panel=BOXES, help="maps to [0, 1] before --threshold: min-max (the paper) or "
+    "relu/max")]
+AllComponentsOption = Annotated[bool, typer.Option(
+    "--all-components", rich_help_panel=BOXES, help="a box per component, not only the largest")]
+MinAreaOption = Annotated[float, typer.Option(
+    "--min-area", rich_help_panel=BOXES, help="with --all-components: smallest box, fraction of the image")]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", "-b", min=1, rich_help_panel=SPEED)]
+WorkersOption = Annotated[int | None, typer.Option("--workers", min=0, rich_help_panel=SPEED, help=(
+    "image decoding processes (default: automatic, 0: in the main process); with --engine ray: model actors "
+    "(default 1)"))]
+MaxPixelsOption = Annotated[int, typer.Option(
+    "--max-pixels", min=1, rich_help_panel=INPUTS, help="refuse larger images (checked before decoding)")]
+DEFAULT_SCALES_TEXT = ",".join(f"{s:g}" for s in DEFAULT_SCALES)
 
 
-def parse_scales(text: str) -> tuple[float, ...]:
-    """``"1,0.5"`` → ``(1.0, 0.5)``; the first scale is the input size itself."""
-    try:
-        scales = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise CamlocError(
-            f"--scales takes factors separated by commas (e.g. 1,0.5), got {text!r}") from None
-    if not scales or any(not 0.1 <= s <= 4 for s in scales):
-        raise CamlocError(f"--scales factors must be between 0.1 and 4, got {text!r}")
-    return scales if scales[0] == 1.0 else (1.0, *[s for s in scales if s != 1.0])
+def explain_config(*, topk: int = 1, rank: int | None = None, classes: list[str] | None = None,
+                   method: str = DEFAULT_METHOD, layer: str | None = None, policy: Any = DEFAULT_POLICY,
+                   input_size: int | None = None, flip: bool = DEFAULT_FLIP, scales: str = DEFAULT_SCALES_TEXT,
+                   normalize: Any = DEFAULT_NORMALIZATION, threshold: str | None = None,
+                   all_components: bool = False, min_area: float = 0.0, amp: bool = False) -> ExplainConfig:
+    """The command's options → the one config every door uses (checked before any work)."""
+    return ExplainConfig(
+        topk=topk, rank=rank, classes=tuple(classes or ()), method=method, layer=layer,
+        policy=getattr(policy, "value", policy), input_size=input_size, flip=flip, scales=scales,
+        normalization=getattr(normalize, "value", normalize), threshold=threshold,
+        largest_only=not all_components, min_area=min_area, amp=amp)
 
 
 def load(model: str | None, weights: Path | None, device: str, preprocess: str | None = None,
@@ -114,153 +157,188 @@ def load(model: str | None, weights: Path | None, device: str, preprocess: str |
                       preprocess=preprocess, dilate=dilate)
 
 
+def need(module: str, extra: str, what: str) -> None:
+    """A missing optional dependency: one line naming the extra, before any model is loaded."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        fail(f"{what} needs the {extra} extra: pip install 'camloc[{extra}]'")
+
+
+def progress_bar(label: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, disable=not err.is_terminal, transient=True)
+
+
+# --------------------------------------------------------------------------- run
+
+
 @app.command()
 def run(
-    inputs: Annotated[list[str], typer.Argument(help="image files, folders (recursive) or glob patterns")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("camloc-out"),
+    inputs: Annotated[list[str] | None, typer.Argument(
+        help="image files, folders (recursive) or glob patterns", show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", rich_help_panel=INPUTS, help="output folder")] = Path(
+        "camloc-out"),
+    resume: Annotated[bool, typer.Option(
+        "--resume", rich_help_panel=INPUTS, help="skip images already in results.jsonl (same file, unchanged)")
+    ] = False,
+    max_pixels: MaxPixelsOption = 80_000_000,
     model: ModelOption = None,
     weights: WeightsOption = None,
-    topk: Annotated[int, typer.Option("--topk", "-k", help="explain the k most likely classes")] = 1,
+    device: DeviceOption = "auto",
+    preprocess: PreprocessOption = None,
+    dilate: DilateOption = True,
+    topk: Annotated[int, typer.Option(
+        "--topk", "-k", min=1, rich_help_panel=METHOD, help="explain the k most likely classes")] = 1,
     rank: Annotated[int | None, typer.Option(
-        "--rank", help="explain only the n-th most likely class (1 = top)")] = None,
+        "--rank", min=1, rich_help_panel=METHOD, help="explain only the n-th most likely class (1 = top)")] = None,
     classes: Annotated[list[str] | None, typer.Option(
-        "--class", "-c", help="explain this class (name or index); repeatable")] = None,
-    method: MethodOption = "auto",
-    layer: Annotated[str | None, typer.Option(
-        "--layer", help="target layer of the gradient methods (default: last spatial layer)")] = None,
-    policy: PolicyOption = Policy.squash,
-    threshold: Annotated[str | None, typer.Option(
-        "--threshold", "-t", help="box threshold: fraction of the map's range, or otsu / otsu2 / mean "
-        "(default: the model's recommended rule, else 0.25)")] = None,
+        "--class", "-c", rich_help_panel=METHOD, help="explain this class (name or index); repeatable")] = None,
+    method: MethodOption = DEFAULT_METHOD,
+    layer: LayerOption = None,
+    policy: PolicyOption = Policy(DEFAULT_POLICY),
     input_size: InputSizeOption = None,
     flip: FlipOption = DEFAULT_FLIP,
     scales: ScalesOption = DEFAULT_SCALES_TEXT,
+    threshold: ThresholdOption = None,
     normalize: NormalizeOption = Normalization(DEFAULT_NORMALIZATION),
-    dilate: DilateOption = True,
     all_components: AllComponentsOption = False,
     min_area: MinAreaOption = 0.0,
-    colormap: Annotated[str, typer.Option("--colormap", help="matplotlib colormap")] = "jet",
-    alpha: Annotated[float, typer.Option("--alpha", "--opacity", min=0.0, max=1.0, help="map opacity")] = 0.5,
-    image_format: Annotated[ImageFormat, typer.Option("--format", help="rendered image format")] = ImageFormat.png,
-    panels: Annotated[bool, typer.Option("--panels", help="also write overlay | image | map panels")] = False,
-    grid: Annotated[bool | None, typer.Option("--grid/--no-grid", help="top-k grid (default: when k > 1)")] = None,
-    save_maps: Annotated[bool, typer.Option("--save-maps", help="write normalised maps as .npy")] = False,
+    colormap: Annotated[str, typer.Option("--colormap", rich_help_panel=LOOK, help="matplotlib colormap")] = "jet",
+    alpha: Annotated[float, typer.Option(
+        "--alpha", "--opacity", min=0.0, max=1.0, rich_help_panel=LOOK, help="map opacity")] = 0.5,
+    image_format: Annotated[ImageFormat, typer.Option(
+        "--format", rich_help_panel=LOOK, help="rendered image format")] = ImageFormat.png,
+    panels: Annotated[bool, typer.Option(
+        "--panels", rich_help_panel=LOOK, help="also write overlay | image | map panels")] = False,
+    grid: Annotated[bool | None, typer.Option(
+        "--grid/--no-grid", rich_help_panel=LOOK, help="top-k grid (default: when k > 1)")] = None,
+    save_maps: Annotated[bool, typer.Option(
+        "--save-maps", rich_help_panel=LOOK, help="write normalised maps as .npy")] = False,
     batch_size: BatchSizeOption = 16,
-    workers: Annotated[int | None, typer.Option("--workers", min=0, help=(
-        "local engine: image decoding processes (default: automatic, 0: in the main process); "
-        "ray engine: model actors in the pool (default 1)"))] = None,
-    amp: Annotated[bool, typer.Option("--amp", help="bfloat16 autocast for the model")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="skip images already in results.jsonl")] = False,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", help="refuse larger images")] = 80_000_000,
-    device: DeviceOption = "auto",
-    preprocess: PreprocessOption = None,
-    engine: Annotated[Engine, typer.Option("--engine", help=(
+    workers: WorkersOption = None,
+    amp: AmpOption = False,
+    engine: Annotated[Engine, typer.Option("--engine", rich_help_panel=SPEED, help=(
         "local: this process; ray: Ray Data, local or on a cluster (pip install 'camloc\\[ray]')"))
     ] = Engine.local,
-    ray_address: Annotated[str | None, typer.Option("--ray-address", help=(
+    ray_address: Annotated[str | None, typer.Option("--ray-address", rich_help_panel=SPEED, help=(
         "with --engine ray: a running cluster ('auto', 'ray://head:10001'); default: a local Ray"))
     ] = None,
 ) -> None:
     """Explain images: overlays, boxes and results.jsonl in --out."""
-    from .boxes import parse_threshold
-    from .cam import DEFAULT_BOX_THRESHOLD
-    from .render import colormap_lut
-    from .runner import RunOptions
-    from .runner import run as run_job
-
-    try:
-        box_threshold = parse_threshold(threshold) if threshold is not None else None
-    except ValueError as error:
-        fail(str(error))
-    colormap_lut(colormap)  # an unknown colormap fails before any work
-    if engine is Engine.ray:
-        from .ray_engine import import_ray
-
-        import_ray()  # without Ray installed: one line naming the extra, before loading anything
-    elif ray_address:
+    if not inputs:
+        fail("camloc run needs at least one image, folder or glob pattern (camloc run --help)")
+    if ray_address and engine is not Engine.ray:
         fail("--ray-address needs --engine ray")
-    adapter = load(model, weights, "cpu" if engine is Engine.ray else device, preprocess, dilate)
-    if box_threshold is None:  # an explicit flag, else the checkpoint's rule, else the paper's
-        box_threshold = adapter.box_threshold if adapter.box_threshold is not None else DEFAULT_BOX_THRESHOLD
-    options = RunOptions(
-        out=out, topk=topk, rank=rank, classes=tuple(classes or ()), method=method,
-        layer=layer,
-        policy=policy.value, threshold=box_threshold, largest_only=not all_components, min_area=min_area,
+    config = explain_config(topk=topk, rank=rank, classes=classes, method=method, layer=layer, policy=policy,
+                            input_size=input_size, flip=flip, scales=scales, normalize=normalize,
+                            threshold=threshold, all_components=all_components, min_area=min_area, amp=amp)
+    if engine is Engine.ray:
+        need("ray", "ray", "--engine ray")
+    from .jobs.files import check_out_dir
+    from .jobs.local import OutputOptions, RunOptions
+
+    options = RunOptions(out=out, config=config, outputs=OutputOptions(
         colormap=colormap, alpha=alpha, image_format=image_format.value, panels=panels, grid=grid,
-        save_maps=save_maps, batch_size=batch_size, workers=workers, amp=amp, resume=resume,
-        max_pixels=max_pixels, input_size=input_size, flip=flip,
-        scales=parse_scales(scales), normalization=normalize.value,
-    )
-    show_bar = err.is_terminal
-    progress = Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=err, disable=not show_bar, transient=True)
+        save_maps=save_maps), batch_size=batch_size, workers=workers, resume=resume, max_pixels=max_pixels)
+    check_out_dir(out)
+    adapter = load(model, weights, "cpu" if engine is Engine.ray else device, preprocess, dilate)
+    progress = progress_bar("explaining")
     task = None
+    finished = 0
 
     def on_start(total: int) -> None:
         nonlocal task
         task = progress.add_task("run", total=total)
 
     def on_image(record: dict) -> None:
+        nonlocal finished
+        finished += 1
         if record["error"]:
-            progress.console.print(f"[yellow]warning:[/] skipped {escape(record['error'])}", soft_wrap=True)
+            progress.console.print(Text("warning: ", style="yellow") + Text(
+                "skipped " + record["error"].replace("\n", "\\n").replace("\r", "\\r")), soft_wrap=True)
         progress.advance(task)
 
-    with progress:
-        if engine is Engine.ray:
-            from .ray_engine import RayOptions
-            from .ray_engine import run as run_ray
+    try:
+        with progress:
+            if engine is Engine.ray:
+                from .jobs.ray import RayOptions
+                from .jobs.ray import run as run_ray
 
-            ray_options = RayOptions(address=ray_address, workers=max(1, workers or 1))
-            summary = run_ray(adapter, inputs, options, ray_options, device=device,
-                              on_start=on_start, on_image=on_image)
-        else:
-            summary = run_job(adapter, inputs, options, on_start=on_start, on_image=on_image)
-    err.print(f"camloc: {summary.line()} → {out / 'results.jsonl'}")
+                ray_options = RayOptions(address=ray_address, workers=max(1, workers or 1))
+                summary = run_ray(adapter, inputs, options, ray_options, device=device,
+                                  on_start=on_start, on_image=on_image)
+            else:
+                from .jobs.local import run as run_local
+
+                summary = run_local(adapter, inputs, options, on_start=on_start, on_image=on_image)
+    except KeyboardInterrupt:
+        say(f"interrupted after {finished} image(s), recorded in {out / 'results.jsonl'}; "
+            "run the same command with --resume to continue", "yellow", "camloc: ")
+        raise typer.Exit(130) from None
+    say(f"{summary.line()} → {out / 'results.jsonl'}", prefix="camloc: ")
     if summary.failed:
         raise typer.Exit(1)
 
 
+# --------------------------------------------------------------------------- eval
+
+
 @app.command("eval")
 def evaluate(
-    images: Annotated[Path, typer.Option("--images", help="folder of images (recursive)")],
-    boxes: Annotated[Path, typer.Option("--boxes", help="ground truth: CSV "
+    images: Annotated[Path, typer.Option("--images", rich_help_panel=INPUTS, help="folder of images (recursive)")],
+    boxes: Annotated[Path, typer.Option("--boxes", rich_help_panel=INPUTS, help="ground truth: CSV "
                                         "(image,label,xmin,ymin,xmax,ymax), VOC XML folder or COCO JSON")],
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="write the report (plot, gallery, report.md) here")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="write the metrics here")] = None,
+        "--out", "-o", rich_help_panel=INPUTS, help="write the report (plot, gallery, report.md) here")] = None,
+    json_path: Annotated[Path | None, typer.Option(
+        "--json", rich_help_panel=INPUTS, help="write the metrics here")] = None,
+    max_pixels: MaxPixelsOption = 80_000_000,
     model: ModelOption = None,
     weights: WeightsOption = None,
-    method: MethodOption = "auto",
-    policy: PolicyOption = Policy.squash,
-    threshold: ThresholdOption = DEFAULT_BOX_THRESHOLD,
+    device: DeviceOption = "auto",
+    preprocess: PreprocessOption = None,
+    dilate: DilateOption = True,
+    method: MethodOption = DEFAULT_METHOD,
+    layer: LayerOption = None,
+    policy: PolicyOption = Policy(DEFAULT_POLICY),
     input_size: InputSizeOption = None,
     flip: FlipOption = DEFAULT_FLIP,
     scales: ScalesOption = DEFAULT_SCALES_TEXT,
+    threshold: ThresholdOption = None,
     normalize: NormalizeOption = Normalization(DEFAULT_NORMALIZATION),
-    dilate: DilateOption = True,
     all_components: AllComponentsOption = False,
     min_area: MinAreaOption = 0.0,
     batch_size: BatchSizeOption = 16,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
-    device: DeviceOption = "auto",
+    workers: WorkersOption = None,
+    amp: AmpOption = False,
 ) -> None:
     """Measure localization against ground-truth boxes: top-1/GT-known loc, MaxBoxAccV2."""
-    from .evaluate import evaluate as run_eval
-    from .runner import RunOptions
-
-    options = RunOptions(
-        out=out or "camloc-eval", method=method, policy=policy.value, threshold=threshold,
-        largest_only=not all_components, min_area=min_area, batch_size=batch_size, workers=workers,
-        input_size=input_size, flip=flip,
-        scales=parse_scales(scales), normalization=normalize.value,
-    )
-    options.box_options()  # bad thresholds fail before the model loads
+    config = explain_config(method=method, layer=layer, policy=policy, input_size=input_size, flip=flip,
+                            scales=scales, normalize=normalize, threshold=threshold,
+                            all_components=all_components, min_area=min_area, amp=amp)
     if not images.is_dir():
         fail(f"--images {images}: not a folder")
-    adapter = load(model, weights, device, dilate=dilate)
-    progress = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=err, disable=not err.is_terminal,
-                        transient=True)
+    if not boxes.exists():
+        fail(f"--boxes {boxes}: no such file or folder")
+    from .jobs.files import check_out_dir
+
+    if out is not None:
+        check_out_dir(out)
+    if json_path is not None:
+        if json_path.is_dir():
+            fail(f"--json {json_path}: is a folder")
+        check_out_dir(json_path.parent, "--json")
+    adapter = load(model, weights, device, preprocess, dilate)
+    from .evaluate.job import evaluate as run_eval
+
+    progress = progress_bar("evaluating")
     task = progress.add_task("eval", total=None)
 
     def on_start(total: int) -> None:
@@ -268,23 +346,29 @@ def evaluate(
 
     def on_image(path: str, error: str | None) -> None:
         if error:
-            progress.console.print(f"[yellow]warning:[/] skipped {error}", soft_wrap=True)
+            progress.console.print(Text("warning: ", style="yellow") + Text("skipped " + error), soft_wrap=True)
         progress.advance(task)
 
     with progress:
-        result = run_eval(adapter, images, boxes, options, on_start=on_start, on_image=on_image)
+        result = run_eval(adapter, images, boxes, config, batch_size=batch_size, workers=workers,
+                          max_pixels=max_pixels, on_start=on_start, on_image=on_image)
     metrics = result.metrics()
     print_metrics(metrics)
     if json_path is not None:
         import json
 
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    if out is not None:
-        from .report import write_report
+        from .jobs.files import write_atomic
 
-        written = write_report(result, out, adapter, options)
-        err.print(f"camloc: report → {written['report']}")
+        write_atomic(json_path, (json.dumps(metrics, indent=2) + "\n").encode())
+    if out is not None:
+        from .evaluate.report import write_report
+
+        written = write_report(result, out, adapter, config)
+        say(f"report → {written['report']}", prefix="camloc: ")
+
+
+def _tau(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
 def print_metrics(metrics: dict) -> None:
@@ -298,16 +382,21 @@ def print_metrics(metrics: dict) -> None:
     per_iou = ", ".join(f"δ={d}: {v:.4f} (τ={metrics['maxboxacc_v2_best_tau'][d]:g})"
                         for d, v in metrics["maxboxacc_v2_per_iou"].items())
     print(f"  per IoU:     {per_iou}")
-    print(f"default τ:     {metrics['default_tau']:g}")
+    print(f"default τ:     {_tau(metrics['default_tau'])}")
     print(f"best τ:        {metrics['best_tau']:g} "
           f"(top1_loc {metrics['top1_loc_at_best_tau']:.4f}, gt_known_loc {metrics['gt_known_loc_at_best_tau']:.4f})")
 
 
+# --------------------------------------------------------------------------- info
+
+
 @app.command()
-def info(model: ModelOption = None, weights: WeightsOption = None, device: DeviceOption = "cpu",
+def info(model: ModelOption = None, weights: WeightsOption = None, device: DeviceOption = "auto",
          preprocess: PreprocessOption = None, dilate: DilateOption = True) -> None:
     """Show what camloc found in a model: feature layer, head, classes, preprocessing."""
     adapter = load(model, weights, device, preprocess, dilate)
+    from .methods import find_spatial_layer
+
     print(f"model:         {adapter.name} ({adapter.source})")
     print(f"classes:       {adapter.num_classes}")
     print(f"input size:    {adapter.input_size[0]}x{adapter.input_size[1]}")
@@ -315,8 +404,6 @@ def info(model: ModelOption = None, weights: WeightsOption = None, device: Devic
     print(f"feature layer: {adapter.feature_layer}")
     if adapter.dilated:
         print("last stage:    dilated (stride 2 → 1, maps at 1/16 of the input instead of 1/32)")
-    from .gradcam import find_spatial_layer
-
     print(f"gradient layer: {find_spatial_layer(adapter).name} (default --layer of gradcam ...)")
     if adapter.head_error:
         print(f"plain CAM:     not exact: {adapter.head_error}")
@@ -327,27 +414,37 @@ def info(model: ModelOption = None, weights: WeightsOption = None, device: Devic
         print(f"box rule:      {adapter.box_threshold} (recommended by the checkpoint)")
 
 
+# --------------------------------------------------------------------------- train
+
+
 @app.command()
 def train(
     data: Annotated[Path | None, typer.Argument(help="folder with one sub-folder of images per class")] = None,
     out: Annotated[Path, typer.Option(
-        "--out", "-o", help="output folder (or a .pt checkpoint path)")] = Path("camloc-train"),
-    train_dir: Annotated[Path | None, typer.Option("--train", help="training folder (with --val)")] = None,
-    val_dir: Annotated[Path | None, typer.Option("--val", help="validation folder (with --train)")] = None,
+        "--out", "-o", rich_help_panel=INPUTS, help="output folder (or a .pt checkpoint path)")] = Path(
+        "camloc-train"),
+    train_dir: Annotated[Path | None, typer.Option(
+        "--train", rich_help_panel=INPUTS, help="training folder (with --val)")] = None,
+    val_dir: Annotated[Path | None, typer.Option(
+        "--val", rich_help_panel=INPUTS, help="validation folder (with --train)")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", rich_help_panel=INPUTS, help="continue an interrupted run in --out")] = False,
+    examples: Annotated[int, typer.Option(
+        "--examples", min=0, rich_help_panel=INPUTS, help="validation images drawn with their CAMs")] = 6,
     model: ModelOption = None,
     weights: WeightsOption = None,
+    device: DeviceOption = "auto",
     unfreeze: Annotated[int, typer.Option(
-        "--unfreeze", help="fine-tune the last N backbone stages (0: frozen, cached features)")] = 0,
-    epochs: Annotated[int, typer.Option("--epochs", "-e")] = 12,
-    batch_size: BatchSizeOption = 32,
+        "--unfreeze", min=0, help="fine-tune the last N backbone stages (0: frozen, cached features)")] = 0,
+    epochs: Annotated[int, typer.Option("--epochs", "-e", min=1)] = 12,
     lr: Annotated[float, typer.Option("--lr", help="head learning rate (AdamW)")] = 3e-3,
     backbone_lr_factor: Annotated[float, typer.Option("--backbone-lr-factor", help="backbone lr = lr × this")] = 0.1,
     weight_decay: Annotated[float, typer.Option("--weight-decay")] = 1e-4,
     schedule: Annotated[str, typer.Option("--schedule", help="cosine, step or constant")] = "cosine",
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", min=0.0, max=0.99)] = 0.0,
     balance: Annotated[bool, typer.Option("--balance", help="weight classes by inverse frequency")] = False,
-    image_size: Annotated[int | None, typer.Option(
-        "--image-size", help="network input side (default: the backbone's)")] = None,
+    input_size: Annotated[int | None, typer.Option(
+        "--input-size", "--image-size", min=16, help="network input side (default: the backbone's)")] = None,
     val_fraction: Annotated[float, typer.Option(
         "--val-fraction", help="validation share per class without --val")] = 0.2,
     augment: Annotated[bool, typer.Option(
@@ -355,14 +452,18 @@ def train(
     patience: Annotated[int | None, typer.Option(
         "--patience", help="early stop after N epochs without a better val accuracy")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run in --out")] = False,
-    examples: Annotated[int, typer.Option("--examples", min=0, help="validation images drawn with their CAMs")] = 6,
-    box_threshold: Annotated[str, typer.Option(
-        "--box-threshold", help="box rule stored in the checkpoint for camloc run")] = "otsu2",
-    device: DeviceOption = "auto",
+    box_threshold: Annotated[str | None, typer.Option(
+        "--threshold", "--box-threshold", "-t", rich_help_panel=BOXES, help="box rule to store in the checkpoint "
+        "for every door (default: none, so camloc's default applies)")] = None,
+    batch_size: BatchSizeOption = 32,
+    workers: WorkersOption = None,
 ) -> None:
     """Train a GAP + linear classifier on labelled folders; its CAMs work everywhere camloc does."""
+    if box_threshold is not None:
+        explain_config(threshold=box_threshold)  # a bad rule fails before any work
+    from .jobs.files import check_out_dir
+
+    check_out_dir(out.parent if out.suffix in (".pt", ".pth", ".ckpt") else out)
     from .train import TrainOptions
     from .train import train as train_job
 
@@ -370,13 +471,15 @@ def train(
         data=data, out=out, train_dir=train_dir, val_dir=val_dir, model=model,
         weights=str(weights) if weights is not None else None, unfreeze=unfreeze, epochs=epochs,
         batch_size=batch_size, lr=lr, backbone_lr_factor=backbone_lr_factor, weight_decay=weight_decay,
-        schedule=schedule, label_smoothing=label_smoothing, balance=balance, image_size=image_size,
-        val_fraction=val_fraction, augment=augment, patience=patience, seed=seed, workers=workers,
+        schedule=schedule, label_smoothing=label_smoothing, balance=balance, image_size=input_size,
+        val_fraction=val_fraction, augment=augment, patience=patience, seed=seed, workers=workers or 0,
         device=device, resume=resume, examples=examples, box_threshold=box_threshold,
     )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=err, disable=not err.is_terminal, transient=True)
-    tasks: dict[str, int] = {}
+    tasks: dict[str, Any] = {}
 
     def on_step(label: str, done: int, total: int) -> None:
         if label not in tasks:
@@ -384,80 +487,125 @@ def train(
         progress.update(tasks[label], completed=done, visible=done < total)
 
     with progress:
-        result = train_job(options, log=lambda line: progress.console.print(line, soft_wrap=True,
-                                                                           highlight=False),
+        result = train_job(options, log=lambda line: progress.console.print(Text(line), soft_wrap=True),
                            progress=on_step)
     skipped = f", {len(result.skipped)} unreadable image(s) skipped" if result.skipped else ""
-    err.print(f"camloc: best val accuracy {result.best_accuracy:.3f} at epoch {result.best_epoch}"
-              f"{skipped} → {result.checkpoint}")
+    say(f"best val accuracy {result.best_accuracy:.3f} at epoch {result.best_epoch}{skipped} → "
+        f"{result.checkpoint}", prefix="camloc: ")
+
+
+# --------------------------------------------------------------------------- serve
 
 
 @app.command()
 def serve(
     model: ModelOption = None,
     weights: WeightsOption = None,
+    device: DeviceOption = "auto",
+    preprocess: PreprocessOption = None,
+    dilate: DilateOption = True,
     host: Annotated[str, typer.Option(
         "--host", help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 8000,
     max_upload_mb: Annotated[float, typer.Option(
         "--max-upload-mb", min=0.001, help="largest upload in MB")] = 20.0,
-    max_pixels: Annotated[int, typer.Option(
-        "--max-pixels", min=1, help="refuse larger images")] = 40_000_000,
-    device: DeviceOption = "auto",
-    dilate: DilateOption = True,
+    max_pixels: MaxPixelsOption = 40_000_000,
+    method: MethodOption = DEFAULT_METHOD,
+    layer: LayerOption = None,
+    policy: PolicyOption = Policy(DEFAULT_POLICY),
+    input_size: InputSizeOption = None,
+    flip: FlipOption = DEFAULT_FLIP,
+    scales: ScalesOption = DEFAULT_SCALES_TEXT,
+    threshold: ThresholdOption = None,
+    normalize: NormalizeOption = Normalization(DEFAULT_NORMALIZATION),
+    all_components: AllComponentsOption = False,
+    min_area: MinAreaOption = 0.0,
+    amp: AmpOption = False,
 ) -> None:
-    """Serve a web page to try camloc and a JSON API (POST /api/explain, docs at /docs)."""
-    try:
-        from .serve import serve as run_server
-    except ImportError as error:
-        fail(f"camloc serve needs the serve extra: pip install 'camloc[serve]' ({error})")
-    adapter = load(model, weights, device, dilate=dilate)
-    run_server(adapter, host, port, max_upload=int(max_upload_mb * 1e6), max_pixels=max_pixels,
-               on_ready=lambda url: err.print(f"camloc: serving {adapter.name} at {url}"))
+    """Serve a web page to try camloc and a JSON API (POST /api/explain, docs at /docs).
+
+    The method, box and view options are the server's defaults; a request may choose its own
+    method, policy, threshold and classes."""
+    config = explain_config(method=method, layer=layer, policy=policy, input_size=input_size, flip=flip,
+                            scales=scales, normalize=normalize, threshold=threshold,
+                            all_components=all_components, min_area=min_area, amp=amp)
+    for module in ("fastapi", "uvicorn", "multipart"):
+        need(module, "serve", "camloc serve")
+    adapter = load(model, weights, device, preprocess, dilate)
+    from .serve import serve as run_server
+
+    run_server(adapter, host, port, max_upload=int(max_upload_mb * 1e6), max_pixels=max_pixels, config=config,
+               on_ready=lambda url: say(f"serving {adapter.name} at {url}", prefix="camloc: "))
+
+
+# --------------------------------------------------------------------------- export
 
 
 @app.command()
 def export(
     onnx: Annotated[Path, typer.Option("--onnx", help="write the model as ONNX to this file")],
-    model: ModelOption = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", rich_help_panel=MODEL, help="efficientnet_lite0 (default, embedded), a timm/torchvision "
+        "name or a camloc checkpoint (a PyTorch model)")] = None,
     weights: WeightsOption = None,
-    topk: Annotated[int, typer.Option("--topk", "-k", help="CAMs of the top k classes")] = 5,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset version")] = 17,
     dilate: DilateOption = True,
+    topk: Annotated[int, typer.Option("--topk", "-k", min=1, help="CAMs of the top k classes")] = 5,
+    opset: Annotated[int, typer.Option("--opset", min=7, help="ONNX opset version")] = 17,
 ) -> None:
     """Export a PyTorch model as ONNX whose outputs are logits, top-k classes and their CAMs."""
-    from .onnx_models import export_onnx
+    need("onnx", "onnx", "camloc export")
+    if model is not None and Path(model).suffix.lower() in (".onnx", ".keras", ".h5", ".hdf5"):
+        fail(f"camloc export writes PyTorch models; {model} is already a {Path(model).suffix} file")
+    from .jobs.files import check_out_dir
 
+    check_out_dir(onnx.parent, "--onnx")
     adapter = load(model, weights, "cpu", dilate=dilate)
+    from .onnx_export import export_onnx
+
     path = export_onnx(adapter, onnx, topk=topk, opset=opset)
     h, w = adapter.input_size
-    err.print(f"camloc: wrote {path} (input (N, 3, {h}, {w}) normalised with mean={adapter.mean} "
-              f"std={adapter.std}; outputs logits, classes (N, {topk}), cams (N, {topk}, h, w))")
+    say(f"wrote {path} (input (N, 3, {h}, {w}) normalised with mean={adapter.mean} std={adapter.std}; "
+        f"outputs logits, classes (N, {topk}), cams (N, {topk}, h, w))", prefix="camloc: ")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _usage_error(error: BaseException) -> bool:
+    """A click/typer usage or parameter error (typer bundles its own click)."""
+    return hasattr(error, "format_message") and hasattr(error, "exit_code")
 
 
 def main() -> None:
     """Console entry point: one clear line for user errors, never a traceback."""
+    from .allocator import tune_allocator
+
     tune_allocator()
     try:
+        from PIL import Image
+
+        # the command enforces its own pixel limit (--max-pixels) before decoding
+        Image.MAX_IMAGE_PIXELS = None
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        err.print("interrupted")
+        say("interrupted", prefix="camloc: ")
         sys.exit(130)
     except CamlocError as error:
-        from rich.markup import escape
-
-        err.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        say(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
+            "bold red", "error: ")
         sys.exit(2)
-    except Exception as error:  # click usage errors and the like
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
+    except Exception as error:  # click usage errors, then real bugs
+        if not _usage_error(error):
+            raise
+        if type(error).__name__ == "NoArgsIsHelpError":
+            error.show()  # bare `camloc` or `camloc CMD`: the help
+            sys.exit(2)
+        command = getattr(getattr(error, "ctx", None), "command_path", "camloc")
+        say(f"{error.format_message()} (see {command} --help)", "bold red", "error: ")
+        sys.exit(error.exit_code if isinstance(error.exit_code, int) and error.exit_code else 2)
 
 
 if __name__ == "__main__":

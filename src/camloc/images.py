@@ -15,28 +15,26 @@ resize policy was.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .config import RESIZE_POLICIES
 from .errors import ImageError
 
 ResizePolicy = Literal["squash", "center-crop", "pad"]
-RESIZE_POLICIES: tuple[str, ...] = ("squash", "center-crop", "pad")
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 )
 DEFAULT_MAX_PIXELS = 80_000_000
-
-# Decoding limits are ours to enforce (before decoding); Pillow's own bomb check stays off.
-Image.MAX_IMAGE_PIXELS = None
-ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 @dataclass(frozen=True)
@@ -82,6 +80,10 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             raise ImageError(f"{path}: empty file")
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ImageError(f"{path}: symbolic link loop") from None
+        raise ImageError(f"{path}: cannot read ({error.strerror or error})") from None
     return _decode(path, str(path), max_pixels, " (raise it with --max-pixels)")
 
 
@@ -98,17 +100,23 @@ def read_image(stream: BinaryIO, name: str = "upload", max_pixels: int = DEFAULT
 
 
 def _decode(source: Path | BinaryIO, name: str, max_pixels: int, hint: str = "") -> Image.Image:
-    """Open, check the pixel count from the header, decode, convert; one-line errors naming ``name``."""
+    """Open, check the pixel count from the header, decode, convert; one-line errors naming ``name``.
+
+    camloc enforces ``max_pixels`` itself, so Pillow's decompression-bomb warning is muted
+    here; Pillow's own limit (``Image.MAX_IMAGE_PIXELS``) stays as the program set it.
+    """
     try:
-        with Image.open(source) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError(
-                    f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
-                    f"limit of {max_pixels / 1e6:.0f}{hint}"
-                )
-            image.load()
-            return to_rgb(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageError(
+                        f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over "
+                        f"the limit of {max_pixels / 1e6:.0f}{hint}"
+                    )
+                image.load()
+                return to_rgb(image)
     except ImageError:
         raise
     except FileNotFoundError:
@@ -336,12 +344,18 @@ def collect_images(inputs: list[str]) -> list[Path]:
             seen.add(path)
             found.append(path)
 
+    def add_folder(folder: Path) -> None:
+        for child in sorted(folder.rglob("*")):
+            if child.is_file():
+                if is_image_path(child):
+                    add(child)
+            elif child.is_symlink() and not child.exists() and (is_image_path(child) or _is_link_loop(child)):
+                add(child)  # a dangling link or a loop: reported by the loader, not dropped
+
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file() and is_image_path(child):
-                    add(child)
+            add_folder(path)
         elif path.exists():
             add(path)
         elif glob.has_magic(item):
@@ -350,9 +364,17 @@ def collect_images(inputs: list[str]) -> list[Path]:
                 if match_path.is_file() and is_image_path(match_path):
                     add(match_path)
                 elif match_path.is_dir():
-                    for child in sorted(match_path.rglob("*")):
-                        if child.is_file() and is_image_path(child):
-                            add(child)
+                    add_folder(match_path)
         else:
             add(path)  # reported as missing by the loader, counted as failed
     return found
+
+
+def _is_link_loop(path: Path) -> bool:
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python 3.11 reports a loop as RuntimeError
+        return True
+    except OSError as error:
+        return error.errno == errno.ELOOP
+    return False

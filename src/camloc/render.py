@@ -26,7 +26,7 @@ try:  # ISA-L's deflate: ~4x faster than zlib at level 1, same format
 except ImportError:  # pragma: no cover - isal has wheels for the usual platforms
     _deflate_library = None
 
-from .cam import Explanation
+from .pipeline import Explanation
 
 DEFAULT_COLORMAP = "jet"
 DEFAULT_ALPHA = 0.5

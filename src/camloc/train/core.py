@@ -11,11 +11,8 @@ Two recipes:
 * ``unfreeze=N``: the last N stages are fine-tuned too, at a lower learning rate, with
   augmentation that moves objects around (per-image random resized crops, flips).
 
-Frozen ImageNet features with a trained head put the map's *peak* on the object, but the
-7×7 map spreads a broad shoulder around it, so the paper's box rule (20% of the maximum)
-boxes almost the whole image. Trained checkpoints therefore carry the box rule measured
-to find the object, ``"otsu2"`` (see :func:`camloc.boxes.threshold_level` and
-docs/notes/issue-11.md), and ``camloc run --model CKPT`` uses it.
+A checkpoint carries a box rule only when one is given (``box_threshold``): with none, a
+trained model uses the same default as every other model, in every door.
 
 >>> import tempfile, sys; sys.path.insert(0, "examples")
 >>> from make_shapes import make_shapes
@@ -36,18 +33,25 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CamlocError, ModelError
-from .images import is_image_path, load_image
-from .models import CHECKPOINT_FORMAT, ClassifierAdapter, adapt, load_model, resolve_device
+from ..boxes import parse_threshold
+from ..errors import CamlocError, ModelError
+from ..images import is_image_path, load_image
+from ..models import ClassifierAdapter, load_model, resolve_device
+from ..models.checkpoint import (
+    checkpoint_payload,
+    classifier_name,
+    load_checkpoint,
+    new_head,
+    save_atomic,
+)
+from . import plots
 
-RECOMMENDED_THRESHOLD = "otsu2"
 CHECKPOINT_NAME = "model.pt"
 STATE_NAME = "last.pt"
 
@@ -89,7 +93,7 @@ class TrainOptions:
     resume: bool = False
     examples: int = 6
     plots: bool = True
-    box_threshold: float | str = RECOMMENDED_THRESHOLD
+    box_threshold: float | str | None = None  # stored in the checkpoint; None: camloc's default
 
     def checkpoint_path(self) -> Path:
         out = Path(self.out)
@@ -300,30 +304,6 @@ def scan_classes_lenient(root: str | os.PathLike) -> tuple[list[str], list[tuple
 # --------------------------------------------------------------------------- the network
 
 
-def classifier_name(network: nn.Module, weight: torch.Tensor) -> str:
-    """Name of the ``nn.Linear`` whose weight is ``weight`` (the head the adapter found)."""
-    for name, module in network.named_modules():
-        if isinstance(module, nn.Linear) and module.weight is weight:
-            return name
-    raise ModelError("the classifier is not an nn.Linear module; camloc train cannot replace it")
-
-
-def replace_module(network: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = network.get_submodule(parent_name) if parent_name else network
-    setattr(parent, child, new)
-
-
-def new_head(network: nn.Module, name: str, num_classes: int) -> nn.Linear:
-    """Replace the linear layer ``name`` by a fresh one with ``num_classes`` outputs."""
-    old = network.get_submodule(name)
-    head = nn.Linear(old.in_features, num_classes)
-    nn.init.normal_(head.weight, std=0.01)
-    nn.init.zeros_(head.bias)
-    replace_module(network, name, head.to(old.weight.device))
-    return head
-
-
 def _has_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
@@ -405,63 +385,6 @@ def architecture_of(backbone: ClassifierAdapter, model: str | None) -> str:
         return f"{backbone.source}/{backbone.name}"
     raise ModelError(f"camloc train needs a backbone it can rebuild by name (the default, a "
                      f"timm or torchvision name); {model!r} is not one")
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_payload(network: nn.Module, architecture: str, head: str, class_names: Sequence[str],
-                       input_size: tuple[int, int], mean, std, box_threshold, extra: dict) -> dict:
-    from . import __version__
-
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "camloc_version": __version__,
-        "architecture": architecture,
-        "head": head,
-        "class_names": list(class_names),
-        "input_size": list(input_size),
-        "mean": list(mean),
-        "std": list(std),
-        "box_threshold": box_threshold,
-        "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
-        **extra,
-    }
-
-
-def adapter_from_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> ClassifierAdapter:
-    """Rebuild a trained model from a checkpoint payload (see :func:`models.load_checkpoint`)."""
-    try:
-        architecture, head = payload["architecture"], payload["head"]
-        class_names, state = payload["class_names"], payload["state_dict"]
-        input_size = tuple(payload["input_size"])
-        mean, std = payload["mean"], payload["std"]
-    except (KeyError, TypeError) as error:
-        raise ModelError(f"{path}: camloc checkpoint is incomplete (missing {error})") from None
-    try:
-        network = load_model(architecture, weights="random", dilate=False).model
-    except ModelError as error:
-        raise ModelError(f"{path} was made for architecture {architecture!r}, which cannot be "
-                         f"built here ({error})") from None
-    try:
-        new_head(network, head, len(class_names))
-        network.load_state_dict(state)
-    except (AttributeError, RuntimeError) as error:
-        first = str(error).splitlines()[0][:160]
-        raise ModelError(f"{path}: its weights do not fit architecture {architecture!r} "
-                         f"({first})") from None
-    network.eval()
-    adapter = adapt(network, name=architecture.rpartition("/")[2], class_names=class_names,
-                    input_size=input_size, mean=mean, std=std, source=f"camloc checkpoint {path}")
-    adapter.box_threshold = payload.get("box_threshold")
-    return adapter
-
-
-def save_atomic(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
 
 
 # --------------------------------------------------------------------------- training steps
@@ -564,12 +487,11 @@ class Trainer:
         if options.epochs < 1 or options.batch_size < 1:
             raise CamlocError("--epochs and --batch-size must be at least 1")
         lr_factor(options.schedule, 0, 1)
-        from .boxes import parse_threshold
-
-        try:
-            options.box_threshold = parse_threshold(options.box_threshold)
-        except ValueError as error:
-            raise CamlocError(str(error)) from None
+        if options.box_threshold is not None:
+            try:
+                options.box_threshold = parse_threshold(options.box_threshold)
+            except ValueError as error:
+                raise CamlocError(str(error)) from None
         seed_everything(options.seed)
         self.device = resolve_device(options.device)
         plan = scan_data(options)
@@ -748,8 +670,6 @@ class Trainer:
         return self.finish()
 
     def finish(self) -> TrainResult:
-        from .models import load_checkpoint
-
         checkpoint = self.options.checkpoint_path()
         result = TrainResult(checkpoint, self.names, self.history, self.best_epoch,
                              self.best_accuracy, self.skipped, val_paths=self.val_set.paths)
@@ -764,15 +684,11 @@ class Trainer:
                    "confusion": result.confusion.tolist()}
         (self.out / "training.json").write_text(json.dumps(summary, indent=1))
         if self.options.plots:
-            from . import train_plots
-
             augmented = self.options.augment and self.cached is None
-            result.outputs += train_plots.write_plots(self.out, self.history, result.confusion,
+            result.outputs += plots.write_plots(self.out, self.history, result.confusion,
                                                       self.names, augmented)
         if self.options.examples:
-            from . import train_plots
-
-            result.outputs += train_plots.write_examples(self.out, best, self.val_set.paths,
+            result.outputs += plots.write_examples(self.out, best, self.val_set.paths,
                                                          self.options.examples)
         return result
 

@@ -1,4 +1,4 @@
-"""Gradient methods for any classifier: Grad-CAM, Grad-CAM++, LayerCAM and Score-CAM.
+"""Gradient methods for any classifier: Grad-CAM, Grad-CAM++, LayerCAM (Score-CAM: its own module).
 
 Plain CAM needs ``features → GAP → linear``; these methods need only a spatial layer. For
 class ``c`` with score ``S_c`` (the logit), activations ``A (K, h, w)`` of the target layer
@@ -13,17 +13,18 @@ and gradients ``g = ∂S_c/∂A``:
 
 One forward and one backward per requested rank serve the whole batch: the selected logits
 are summed over the batch, and since images do not interact, each image gets its own
-gradient. Score-CAM's ``N·K`` masked forwards run in chunks (:meth:`ScoreCAM.chunk_size`).
+gradient.
 Maps come out at feature resolution, like CAM, and ``finish()`` upsamples them.
 
 On a GAP + linear head Grad-CAM is ``ReLU(CAM) / hw`` exactly: ``∂S_c/∂A_k(x, y) = W_ck / hw``.
 
 >>> import torch, camloc
 >>> model = camloc.load_model("vgg11", weights="random")
->>> method = camloc.get_method("auto", model)          # no linear head after pooling
+>>> from camloc.methods import ClassSelection, get_method
+>>> method = get_method("auto", model)                 # no linear head after pooling
 >>> method.name, method.target.name
 ('gradcam', 'features')
->>> tuple(method(torch.randn(2, 3, 224, 224), camloc.ClassSelection(topk=3)).maps.shape)
+>>> tuple(method(torch.randn(2, 3, 224, 224), ClassSelection(topk=3)).maps.shape)
 (2, 3, 7, 7)
 """
 
@@ -34,12 +35,11 @@ import weakref
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .cam import METHODS, CAMMethod, ClassSelection, MethodOutput
-from .errors import ModelError
-from .models import ClassifierAdapter, inference_mode
+from ..errors import ModelError
+from ..models import ClassifierAdapter, inference_mode
+from .base import Method, MethodOutput, Selection
 
 # Modules whose output is never the "feature layer" even when it is spatial.
 _NOT_FEATURES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity, nn.Dropout,
@@ -226,7 +226,7 @@ def spatial_layer(adapter: ClassifierAdapter, name: str | None = None) -> Spatia
 # --------------------------------------------------------------------------- the methods
 
 
-class LayerMethod(CAMMethod):
+class LayerMethod(Method):
     """A method on a spatial target layer (``layer=None``: :func:`find_spatial_layer`)."""
 
     def __init__(self, model: ClassifierAdapter, layer: str | None = None):
@@ -240,7 +240,7 @@ class GradientMethod(LayerMethod):
 
     needs_grad = True
 
-    def compute(self, batch: torch.Tensor, selection: ClassSelection) -> MethodOutput:
+    def compute(self, batch: torch.Tensor, selection: Selection) -> MethodOutput:
         logits, output = self.capture(batch, self.target.name)
         classes = selection.indices(logits.detach(), self.model)
         activations = self.target.to_map(output.detach())
@@ -295,76 +295,3 @@ class LayerCAM(GradientMethod):
 
     def combine(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         return (grads.relu() * activations).sum(dim=1).relu()
-
-
-class ScoreCAM(LayerMethod):
-    """Score-CAM: channel weights from the class score of the input masked by each channel.
-
-    ``batch_size`` masked images per forward (``None``: :meth:`chunk_size`'s choice for the
-    device and input size); all requested classes read the same forwards. A flat channel (often a third of
-    a trained network's, all zero after its ReLU) masks the image to all zeros whatever the
-    image, so all of them share one forward of a black image.
-    """
-
-    name = "scorecam"
-    batch_size: int | None = None
-
-    def chunk_size(self, batch: torch.Tensor) -> int:
-        """Masked images per forward: ``batch_size``, else as many as make 16 images of
-        224×224 on a CPU (whose caches favour small batches: 1.5× faster than 64 such
-        images for the default model on 2 cores) and 64 on a GPU.
-
-        >>> import camloc, torch
-        >>> method = ScoreCAM(camloc.load_model("resnet18", weights="random"))
-        >>> method.chunk_size(torch.zeros(1, 3, 224, 224)), method.chunk_size(torch.zeros(1, 3, 64, 64))
-        (16, 196)
-        """
-        if self.batch_size:
-            return self.batch_size
-        images = 16 if batch.device.type == "cpu" else 64
-        return max(1, min(1024, round(images * 224 * 224 / (batch.shape[-2] * batch.shape[-1]))))
-
-    def compute(self, batch: torch.Tensor, selection: ClassSelection) -> MethodOutput:
-        logits, output = self.capture(batch, self.target.name)
-        classes = selection.indices(logits, self.model)
-        activations = self.target.to_map(output).float()
-        masks = min_max(activations)
-        scores = self.masked_scores(batch, masks, classes)  # (N, K, k)
-        baseline = logits.gather(1, classes)[:, None, :]
-        weights = (scores - baseline).softmax(dim=1)
-        maps = torch.einsum("nKk,nKhw->nkhw", weights, activations).relu()
-        return MethodOutput(logits, classes, maps, self.name)
-
-    def masked_scores(self, batch: torch.Tensor, masks: torch.Tensor,
-                      classes: torch.Tensor) -> torch.Tensor:
-        """``(N, K, k)`` logits of ``classes`` for each image masked by each of its K masks."""
-        count, channels = masks.shape[:2]
-        flat_masks = masks.flatten(0, 1)[:, None]  # (N·K, 1, h, w)
-        image_of = torch.arange(count, device=batch.device).repeat_interleave(channels)
-        blank = flat_masks.amax(dim=(1, 2, 3)) == 0  # masks the image to all zeros
-        scores = torch.empty(count * channels, classes.shape[1], device=batch.device)
-        if blank.any():
-            black = self.model.model(torch.zeros_like(batch[:1]))[0].float()
-            scores[blank] = black[classes[image_of[blank]]]
-        used = (~blank).nonzero().squeeze(1)
-        chunk = self.chunk_size(batch)
-        for start in range(0, used.numel(), chunk):
-            part = used[start : start + chunk]
-            upsampled = F.interpolate(flat_masks[part], size=batch.shape[-2:], mode="bilinear",
-                                      align_corners=False)
-            masked_logits = self.model.model(batch[image_of[part]] * upsampled.to(batch.dtype))
-            scores[part] = masked_logits.gather(1, classes[image_of[part]]).float()
-        return scores.view(count, channels, -1)
-
-
-def min_max(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Each ``(h, w)`` map of ``(N, K, h, w)`` scaled to [0, 1] (a flat map becomes 0)."""
-    low = maps.amin(dim=(2, 3), keepdim=True)
-    shifted = maps - low
-    return shifted / (shifted.amax(dim=(2, 3), keepdim=True) + eps)
-
-
-GRADIENT_METHODS: dict[str, type[LayerMethod]] = {
-    method.name: method for method in (GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM)
-}
-METHODS.update(GRADIENT_METHODS)

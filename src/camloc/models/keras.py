@@ -10,7 +10,7 @@ pass; logits are ``pooled @ kernel + bias`` (the Dense layer's own output when i
 linear), so ``mean_xy(CAM_c) + b_c == logit_c`` holds exactly, and it is checked at load.
 
 The input convention comes from ``preprocess`` (caffe | tf | torch | none, see
-:mod:`camloc.external`), else ``model.keras.json`` next to the file, else the known
+:mod:`camloc.models.external`), else ``model.keras.json`` next to the file, else the known
 ``keras.applications`` families (resnet/vgg: caffe; mobilenet/inception/xception: tf;
 densenet: torch; efficientnet/convnext/regnet and anything else: none, raw 0..255).
 
@@ -30,7 +30,8 @@ from typing import Any
 
 import torch
 
-from .errors import ModelError
+from ..errors import ModelError
+from .adapter import NeckStep
 from .external import (
     ExternalAdapter,
     default_class_names,
@@ -38,7 +39,6 @@ from .external import (
     sidecar,
     size_pair,
 )
-from .models import NeckStep
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 _PASS_THROUGH = {
@@ -56,8 +56,13 @@ _APPLICATION_PREPROCESS = (  # keras.applications model names → their preproce
 
 
 def import_keras():
-    """Keras on its PyTorch backend (``KERAS_BACKEND=torch`` is set before the import)."""
-    if "keras" not in sys.modules:
+    """Keras on its PyTorch backend (``KERAS_BACKEND=torch`` is set before the import when
+    the user has not set it; another backend asked for is one clear error)."""
+    wanted = os.environ.get("KERAS_BACKEND", "").strip()
+    if wanted and wanted != "torch":
+        raise ModelError(f"KERAS_BACKEND is set to {wanted!r}; camloc runs Keras models on the "
+                         "torch backend: unset it or set KERAS_BACKEND=torch")
+    if "keras" not in sys.modules and not wanted:
         os.environ["KERAS_BACKEND"] = "torch"
     try:
         import keras

@@ -1,4 +1,4 @@
-"""ONNX classifiers as camloc adapters, run in onnxruntime; and CAM-exporting ONNX files.
+"""ONNX classifiers as camloc adapters, run in onnxruntime.
 
 **Loading.** ``load_onnx_model("model.onnx")`` walks the graph back from its first output:
 an optional final Softmax/LogSoftmax/Sigmoid, then ``Gemm`` (or ``MatMul`` [+ ``Add``]) with
@@ -9,17 +9,16 @@ logits) as extra outputs, so one onnxruntime run gives logits and features; the 
 weight and bias are read from the initializers. The network never runs in PyTorch; torch
 only holds the numpy results for camloc's shared CAM code (a matmul at feature resolution).
 
-Input convention: ``preprocess`` (caffe | tf | torch | none, see :mod:`camloc.external`),
+Input convention: ``preprocess`` (caffe | tf | torch | none, see :mod:`camloc.models.external`),
 else the file's ``camloc.*`` metadata (written by :func:`export_onnx`), else
 ``model.onnx.json`` next to it, else ``torch`` (ImageNet mean/std, what most ONNX
 classifiers exported from PyTorch expect). NCHW and NHWC inputs are both handled.
 
-**Exporting.** ``export_onnx(adapter, "out.onnx", topk=5)`` writes a PyTorch adapter as
-ONNX whose outputs are ``logits (N, C)``, ``classes (N, k)`` and ``cams (N, k, h, w)``:
-the top-k CAMs are computed inside the graph, so a deployment gets maps for free.
+Files written by ``camloc export`` (:mod:`camloc.onnx_export`) load with their metadata.
 
 >>> import camloc, tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "r18.onnx")
+>>> from camloc.onnx_export import export_onnx
 >>> _ = export_onnx(camloc.load_model("resnet18", weights="random"), path, topk=3)
 >>> adapter = load_onnx_model(path)                    # onnxruntime runs the network
 >>> adapter.name, tuple(adapter.weight.shape)
@@ -30,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ModelError
+from ..errors import ModelError
+from .adapter import NeckStep, check_identity
 from .external import (
     ExternalAdapter,
     default_class_names,
@@ -48,7 +47,6 @@ from .external import (
     sidecar,
     size_pair,
 )
-from .models import ClassifierAdapter, NeckStep, _check_identity
 
 ONNX_SUFFIXES = (".onnx",)
 _PASS_THROUGH = {"Identity", "Flatten", "Reshape", "Squeeze", "Dropout", "Cast"}
@@ -390,7 +388,7 @@ def onnx_adapter(
         onnx_bytes=onnx_bytes,
     )
     example = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
-    _check_identity(adapter, example)
+    check_identity(adapter, example)
     if adapter.head_error:
         raise ModelError(f"ONNX model {name}: {adapter.head_error}")
     return adapter
@@ -426,68 +424,3 @@ def load_onnx_model(
         preprocess=preprocess or meta.get("preprocess"),
         source=f"onnx {path.name}",
     )
-
-
-# --------------------------------------------------------------------------- export
-
-
-class CAMExport(nn.Module):
-    """A PyTorch adapter as one module: ``x → (logits, top-k classes, top-k CAMs)``.
-
-    >>> import camloc, torch
-    >>> wrapper = CAMExport(camloc.load_model("resnet18", weights="random"), topk=2)
-    >>> [tuple(t.shape) for t in wrapper(torch.randn(1, 3, 224, 224))]
-    [(1, 1000), (1, 2), (1, 2, 7, 7)]
-    """
-
-    def __init__(self, adapter: ClassifierAdapter, topk: int = 5):
-        super().__init__()
-        self.adapter = adapter
-        self.network = adapter.model  # registered, so the exporter sees its parameters
-        self.topk = topk
-
-    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from .cam import class_maps
-
-        logits, features = self.adapter.forward_with_features(batch)
-        classes = logits.topk(self.topk, dim=1).indices
-        return logits, classes, class_maps(self.adapter, features, classes)
-
-
-def export_onnx(
-    adapter: ClassifierAdapter,
-    path: str | os.PathLike,
-    topk: int = 5,
-    opset: int = 17,
-) -> Path:
-    """Write ``adapter`` as ONNX with outputs ``logits``, ``classes`` and ``cams`` (top-k).
-
-    The input is camloc's normalised ``(N, 3, H, W)`` batch (dynamic N); class names, input
-    size and normalisation are stored as ``camloc.*`` metadata, so ``load_onnx_model`` and
-    ``camloc run --model OUT.onnx`` need nothing else.
-    """
-    onnx, _ = import_onnx()
-    if isinstance(adapter, ExternalAdapter) or type(adapter.model) is _NoTorchNetwork:
-        raise ModelError("camloc export writes PyTorch models; this model is already external")
-    adapter.require_cam()
-    if not 1 <= topk <= adapter.num_classes:
-        raise ModelError(f"--topk must be in 1..{adapter.num_classes}, got {topk}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = CAMExport(adapter, topk).cpu().eval()
-    example = torch.zeros(1, 3, *adapter.input_size)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-        torch.onnx.export(
-            wrapper, (example,), str(path), dynamo=False, opset_version=opset,
-            input_names=["input"], output_names=["logits", "classes", "cams"],
-            dynamic_axes={name: {0: "batch"} for name in ("input", "logits", "classes", "cams")},
-        )
-    model = onnx.load(str(path))
-    meta = {"name": adapter.name, "class_names": adapter.class_names, "mean": list(adapter.mean),
-            "std": list(adapter.std), "input_size": list(adapter.input_size), "topk": topk}
-    for key, value in meta.items():
-        prop = model.metadata_props.add()
-        prop.key, prop.value = META_PREFIX + key, json.dumps(value)
-    onnx.save(model, str(path))
-    return path

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import render
-from .cam import explain
-from .models import ClassifierAdapter
+from .. import render
+from ..images import load_image
+from ..models import ClassifierAdapter
+from ..pipeline import explain
 
 
 def _pyplot():
@@ -93,14 +94,11 @@ def write_examples(out: str | os.PathLike, model: ClassifierAdapter, paths: Sequ
     """``val_cams.png``: the first ``count`` validation images with their CAMs and boxes."""
     from PIL import ImageOps
 
-    from .images import load_image
-
     chosen = spread(paths, count)
     if not chosen:
         return []
-    threshold = model.box_threshold if model.box_threshold is not None else 0.2
     thumbs = [ImageOps.contain(load_image(path), (256, 256)) for path in chosen]
-    results = explain(model, thumbs, threshold=threshold)
+    results = explain(model, thumbs)  # the model's box rule, as every door uses it
     white = (255, 255, 255)
     pictures = [
         render.titled(ImageOps.pad(render.overlay(thumb, result), (256, 256), color=white),

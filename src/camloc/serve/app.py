@@ -37,12 +37,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import render
-from .cam import DEFAULT_BOX_THRESHOLD as DEFAULT_THRESHOLD
-from .cam import METHODS, BoxOptions, ClassSelection, Explanation, finish, get_method
-from .errors import CamlocError
-from .images import RESIZE_POLICIES, preprocess, read_image
-from .models import ClassifierAdapter
+from .. import render
+from ..errors import CamlocError
+from ..images import RESIZE_POLICIES, read_image
+from ..methods import list_methods
+from ..models import ClassifierAdapter
+from ..pipeline import ExplainConfig, Explanation, Pipeline
 
 DEFAULT_MAX_UPLOAD = 20_000_000  # bytes (20 MB)
 DEFAULT_MAX_PIXELS = 40_000_000  # lower than the CLI's: a request holds k full-size maps
@@ -63,17 +63,26 @@ class ApiError(HTTPException):
 
 @dataclass(frozen=True)
 class ExplainOptions:
-    """What one ``POST /api/explain`` asks for (validated by FastAPI and the library)."""
+    """What one ``POST /api/explain`` asks for: the request's part of the explanation
+    (applied over the server's :class:`ExplainConfig`) and how the answer is drawn."""
 
     topk: int = 1
     classes: tuple[str, ...] = ()
-    method: str = "auto"
-    policy: str = "squash"
-    threshold: float = DEFAULT_THRESHOLD
+    method: str | None = None  # None: the server's
+    policy: str | None = None
+    threshold: float | str | None = None  # None: the server's rule (the model's, else camloc's default)
     colormap: str = render.DEFAULT_COLORMAP
     opacity: float = render.DEFAULT_ALPHA
     max_side: int = DEFAULT_MAX_SIDE
     overlay: bool = True
+
+    def config(self, base: ExplainConfig) -> ExplainConfig:
+        """The server's config with this request's choices."""
+        changes: dict[str, Any] = {"topk": self.topk, "rank": None, "classes": self.classes}
+        for name in ("method", "policy", "threshold"):
+            if getattr(self, name) is not None:
+                changes[name] = getattr(self, name)
+        return base.replace(**changes)
 
 
 # The form fields of POST /api/explain.
@@ -81,9 +90,10 @@ ImageUpload = Annotated[UploadFile, File(description="the image (JPEG, PNG, WebP
 TopK = Annotated[int, Form(ge=1, le=MAX_TOPK, description="explain the k most likely classes")]
 Classes = Annotated[list[str] | None, Form(
     alias="class", description="explain this class (name or index) instead; repeatable")]
-Method = Annotated[str, Form(description="auto or a registered method name")]
-Policy = Annotated[str, Form(description="resize policy: squash, center-crop or pad")]
-Threshold = Annotated[float, Form(ge=0, le=1, description="box threshold, fraction of the range")]
+Method = Annotated[str | None, Form(description="auto or a registered method name (default: the server's)")]
+Policy = Annotated[str | None, Form(description="resize policy: squash, center-crop or pad (default: the server's)")]
+Threshold = Annotated[str | None, Form(description="box threshold: a fraction of the map's range in [0, 1], or "
+                                       "otsu / otsu2 / mean (default: the server's rule)")]
 Colormap = Annotated[str, Form(description="matplotlib colormap of the overlay")]
 Opacity = Annotated[float, Form(ge=0, le=1, description="map opacity in the overlay")]
 WithOverlay = Annotated[bool, Form(description="include the rendered overlay PNG (the page "
@@ -96,25 +106,20 @@ MaxSide = Annotated[int, Form(ge=0, le=8192, description="longest side of return
 
 
 class Explainer:
-    """The loaded model behind a lock: ``explain(image, name, options) → Explanation``."""
+    """The loaded model behind a lock: ``explain(image, name, options) → Explanation``,
+    through the one :class:`Pipeline` every door uses, with the server's ``config``."""
 
-    def __init__(self, model: ClassifierAdapter):
+    def __init__(self, model: ClassifierAdapter, config: ExplainConfig | None = None):
         self.model = model
+        self.config = config or ExplainConfig()
+        Pipeline(model, self.config)  # the server's own options fail at start-up
         self.lock = threading.Lock()
 
     def explain(self, image: Image.Image, name: str, options: ExplainOptions) -> Explanation:
-        selection = ClassSelection(topk=options.topk, classes=options.classes)
-        selection.resolve(self.model)  # unknown class → ClassError before any work
-        box_options = BoxOptions(threshold=options.threshold)
-        if options.policy not in RESIZE_POLICIES:
-            raise CamlocError(f"unknown policy {options.policy!r}; "
-                              f"choose from {', '.join(RESIZE_POLICIES)}")
-        tensor, geometry = preprocess(image, self.model.input_size, options.policy,
-                                      self.model.mean, self.model.std)
-        method = get_method(options.method, self.model)
+        pipeline = Pipeline(self.model, options.config(self.config))  # bad options → 400 before any work
+        tensor, geometry = pipeline.preprocess(image)
         with self.lock:
-            output = method(tensor[None].to(self.model.device), selection)
-            [result] = finish(output, [geometry], self.model, box_options, [name])
+            [result] = pipeline.explain_tensors([tensor], [geometry], [name])
         return result
 
 
@@ -181,7 +186,8 @@ def scaled(result: Explanation, size: tuple[int, int]) -> Explanation:
 
 
 def explain_response(
-    image: Image.Image, result: Explanation, options: ExplainOptions
+    image: Image.Image, result: Explanation, options: ExplainOptions, config: ExplainConfig,
+    model: ClassifierAdapter,
 ) -> dict[str, Any]:
     """The results.jsonl record plus the picture, the overlay and each map as PNGs.
 
@@ -200,8 +206,8 @@ def explain_response(
     return {
         **result.to_record(),
         "display": {"width": width, "height": height, "scale": result.size[0] / width},
-        "options": {"threshold": options.threshold, "colormap": options.colormap,
-                    "opacity": options.opacity, "policy": options.policy},
+        "options": {"threshold": config.box_threshold(model), "colormap": options.colormap,
+                    "opacity": options.opacity, "policy": config.policy, "method": result.method},
         "picture": data_url(picture, "jpeg"),
         "overlay": overlay,
         "maps": [data_url(render.map_png(normalized)) for normalized in small.normalized],
@@ -280,14 +286,16 @@ def create_app(
     max_upload: int = DEFAULT_MAX_UPLOAD,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     samples: Path | None = None,
+    config: ExplainConfig | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``model``: the page at ``/``, the API under ``/api``.
 
     ``max_upload`` bounds the request body in bytes, ``max_pixels`` the image size (read from
     the header, before decoding). ``samples`` is a folder of photos the page offers
-    (default: the bundled ones).
+    (default: the bundled ones). ``config``: the server's explanation settings, which a
+    request's ``topk``, ``class``, ``method``, ``policy`` and ``threshold`` override.
     """
-    explainer = Explainer(model)
+    explainer = Explainer(model, config)
     samples_dir = Path(samples) if samples is not None else Path(str(STATIC / "samples"))
     app = FastAPI(
         title="camloc",
@@ -318,7 +326,7 @@ def create_app(
             "std": list(model.std),
             "feature_layer": model.feature_layer,
             "exact_cam": model.head_error is None,
-            "methods": ["auto", *METHODS],
+            "methods": ["auto", *list_methods()],
             "policies": list(RESIZE_POLICIES),
             "limits": {"max_upload_bytes": max_upload, "max_pixels": max_pixels},
         }
@@ -344,9 +352,9 @@ def create_app(
         file: ImageUpload,
         topk: TopK = 1,
         class_: Classes = None,
-        method: Method = "auto",
-        policy: Policy = "squash",
-        threshold: Threshold = DEFAULT_THRESHOLD,
+        method: Method = None,
+        policy: Policy = None,
+        threshold: Threshold = None,
         colormap: Colormap = render.DEFAULT_COLORMAP,
         opacity: Opacity = render.DEFAULT_ALPHA,
         max_side: MaxSide = DEFAULT_MAX_SIDE,
@@ -357,12 +365,15 @@ def create_app(
                                  method=method, policy=policy, threshold=threshold,
                                  colormap=colormap, opacity=opacity, max_side=max_side,
                                  overlay=overlay)
+        if len(options.classes) > MAX_TOPK:
+            raise ApiError(422, f"class: at most {MAX_TOPK} classes a request, got {len(options.classes)}")
         render.colormap_lut(colormap)  # unknown colormap → 400 before any work
         name = Path(file.filename or "upload").name
         data = await file.read()
         image = await run_in_threadpool(decode_upload, data, name, file.content_type, max_pixels)
         result = await run_in_threadpool(explainer.explain, image, name, options)
-        return await run_in_threadpool(explain_response, image, result, options)
+        return await run_in_threadpool(explain_response, image, result, options,
+                                       options.config(explainer.config), model)
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     if samples_dir.is_dir():
@@ -377,7 +388,7 @@ def sample_files(folder: Path) -> list[Path]:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -389,12 +400,13 @@ def serve(
     *,
     max_upload: int = DEFAULT_MAX_UPLOAD,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    config: ExplainConfig | None = None,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve ``model`` with uvicorn until interrupted (binds to 127.0.0.1 by default)."""
     import uvicorn
 
-    app = create_app(model, max_upload=max_upload, max_pixels=max_pixels)
+    app = create_app(model, max_upload=max_upload, max_pixels=max_pixels, config=config)
     if on_ready:
         on_ready(f"http://{host}:{port}/")
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from .errors import ModelError
-from .models import IMAGENET_MEAN, IMAGENET_STD, ClassifierAdapter, imagenet_class_names
+from ..errors import ModelError
+from .adapter import IMAGENET_MEAN, IMAGENET_STD, ClassifierAdapter, imagenet_class_names
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ figures, settings and per-class accuracy, and galleries of the best and worst lo
 images (camloc's box in white, ground truth in green).
 
 >>> import camloc, numpy as np
->>> from camloc.report import plot_curves
+>>> from camloc.evaluate.report import plot_curves
 >>> thresholds = np.linspace(0, 0.99, 100)
 >>> picture = plot_curves({"gt_known_loc": np.sin(thresholds * 3).clip(0)}, thresholds, 0.2)
 >>> picture.size[0] > 300
@@ -20,8 +20,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from . import render
-from .evaluate import EvalResult, ImageResult
+from .. import render
+from ..images import load_image
+from ..models import ClassifierAdapter
+from ..pipeline import ExplainConfig, Pipeline
+from .metrics import EvalResult, ImageResult
 
 GALLERY_SIZE = 8
 THUMBNAIL = 256
@@ -35,20 +38,17 @@ CURVE_LABELS = {
 
 
 def plot_curves(
-    curves: dict[str, np.ndarray], thresholds: np.ndarray, default_tau: float | None
+    curves: dict[str, np.ndarray], thresholds: np.ndarray, default_tau: float | str | None
 ) -> Image.Image:
     """Metrics against the CAM threshold τ, with the default τ marked."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # no pyplot: no backend chosen for the program
 
     figure = Figure(figsize=(7, 4.2), dpi=110)
     axes = figure.add_subplot()
     for name, values in curves.items():
         style = "--" if name.startswith("box_acc") else "-"
         axes.plot(thresholds, values, style, label=CURVE_LABELS.get(name, name), linewidth=1.6)
-    if default_tau is not None:
+    if isinstance(default_tau, (int, float)):
         axes.axvline(default_tau, color="0.3", linestyle=":", label=f"default τ = {default_tau:g}")
     axes.set_xlabel("CAM threshold τ (fraction of the normalised map)")
     axes.set_ylabel("fraction of images")
@@ -63,34 +63,18 @@ def plot_curves(
     return Image.open(buffer).convert("RGB")
 
 
-def gallery(model, results: list[ImageResult], options) -> Image.Image | None:
-    """Overlays of ``results`` (their ground-truth class's map), boxes drawn, in a grid."""
-    from .cam import explain
-    from .images import load_image
-
+def gallery(model: ClassifierAdapter, results: list[ImageResult], config: ExplainConfig) -> Image.Image | None:
+    """Overlays of ``results`` (their ground-truth class's map, explained by the same
+    pipeline as the figures), boxes drawn, in a grid."""
     tiles = []
     for result in results:
         image = load_image(result.path)
-        [explanation] = explain(
-            model,
-            [image],
-            classes=[result.gt_classes[0]],
-            method=options.method,
-            policy=options.policy,
-            threshold=options.threshold,
-            largest_only=options.largest_only,
-            min_area=options.min_area,
-            input_size=options.input_size,
-            flip=options.flip,
-            scales=options.scales,
-            normalization=options.normalization,
-        )
+        own_class = config.replace(topk=1, rank=None, classes=(result.gt_classes[0],))
+        [explanation] = Pipeline(model, own_class).explain([image])
         picture = render.overlay(
             image,
             explanation,
             0,
-            alpha=options.alpha,
-            colormap=options.colormap,
             ground_truth=result.gt_boxes,
         )
         picture.thumbnail((THUMBNAIL, THUMBNAIL))
@@ -101,6 +85,11 @@ def gallery(model, results: list[ImageResult], options) -> Image.Image | None:
     return render.tile(tiles, columns=min(4, len(tiles))) if tiles else None
 
 
+def tau_text(threshold: float | str | None) -> str:
+    """A box threshold for people: ``0.25``, or a rule's name (``otsu``)."""
+    return f"{threshold:g}" if isinstance(threshold, (int, float)) else str(threshold)
+
+
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
@@ -109,7 +98,9 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(result: EvalResult, out: str | Path, model, options) -> dict[str, Path]:
+def write_report(
+    result: EvalResult, out: str | Path, model: ClassifierAdapter, config: ExplainConfig
+) -> dict[str, Path]:
     """Write ``curves.png``, ``gallery_best.png``, ``gallery_worst.png``, ``metrics.json``,
     ``per_class.json`` and ``report.md`` into ``out``; returns their paths by kind."""
     out = Path(out)
@@ -121,7 +112,7 @@ def write_report(result: EvalResult, out: str | Path, model, options) -> dict[st
     ranked = sorted(result.images, key=lambda r: (-r.iou, r.path))
     count = min(GALLERY_SIZE, len(ranked) // 2 or len(ranked))
     for kind, chosen in (("best", ranked[:count]), ("worst", ranked[::-1][:count])):
-        picture = gallery(model, chosen, options)
+        picture = gallery(model, chosen, config)
         if picture is not None:
             picture.save(out / f"gallery_{kind}.png")
             written[f"gallery_{kind}"] = out / f"gallery_{kind}.png"
@@ -140,9 +131,9 @@ def report_markdown(
     figures = [
         {"metric": "top-1 classification", "value": metrics["top1_cls"]},
         {"metric": "top-5 classification", "value": metrics["top5_cls"]},
-        {"metric": f"top-1 loc (τ = {metrics['default_tau']:g})", "value": metrics["top1_loc"]},
+        {"metric": f"top-1 loc (τ = {tau_text(metrics['default_tau'])})", "value": metrics["top1_loc"]},
         {
-            "metric": f"GT-known loc (τ = {metrics['default_tau']:g})",
+            "metric": f"GT-known loc (τ = {tau_text(metrics['default_tau'])})",
             "value": metrics["gt_known_loc"],
         },
         {"metric": "MaxBoxAccV2 (mean of δ = 0.3, 0.5, 0.7)", "value": metrics["maxboxacc_v2"]},

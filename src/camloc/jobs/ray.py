@@ -1,4 +1,4 @@
-"""``camloc run --engine ray``: the folder job of :mod:`camloc.runner` on Ray Data.
+"""``camloc run --engine ray``: the folder job of :mod:`camloc.jobs.local` on Ray Data.
 
 The same pipeline, spread over a Ray cluster (or a local Ray on this machine):
 
@@ -7,10 +7,10 @@ The same pipeline, spread over a Ray cluster (or a local Ray on this machine):
         holds the model, loaded once, on a GPU when the cluster has them)
       → one ``results.jsonl`` written by the driver as records stream back.
 
-Every step reuses the local runner's functions (``ImageDataset`` for loading,
-``finish`` for maps and boxes, ``_finish_item``/``write_outputs`` for files and
-records, ``prepare_results`` for ``--resume``), so the records are the same as the
-local runner's; only their order follows completion, not the input order.
+Every step reuses the local runner's functions (``ImageDataset`` for loading, the
+:class:`camloc.pipeline.Pipeline` for method, views and boxes, ``finish_item`` for files
+and records, ``plan_run`` for ``--resume``), so the records are the same as the local
+runner's; only their order follows completion, not the input order.
 
 The model is loaded once on the driver (to check the options before any work is
 scheduled) and shipped to the actors through Ray's object store, so model weights
@@ -18,8 +18,8 @@ need only be readable where the command is started. Input images and the output
 folder must be readable / writable at the same path on every node (shared storage).
 
 >>> import camloc, tempfile
->>> from camloc.runner import RunOptions
->>> from camloc.ray_engine import RayOptions, run
+>>> from camloc.jobs import RunOptions
+>>> from camloc.jobs.ray import RayOptions, run
 >>> out = tempfile.mkdtemp()
 >>> summary = run(camloc.load_model(), ["examples/images/coffee.jpg"], RunOptions(out=out),
 ...               RayOptions(workers=1))                               # doctest: +SKIP
@@ -42,21 +42,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .allocator import tune_allocator
-from .cam import finish, get_method
-from .errors import CamlocError
-from .images import Geometry, collect_images
-from .models import ClassifierAdapter, resolve_device
-from .runner import (
-    RESULTS_FILE,
-    ImageDataset,
-    Item,
-    RunOptions,
-    RunSummary,
-    _finish_item,
-    output_stems,
-    prepare_results,
-)
+from ..allocator import tune_allocator
+from ..dataset import ImageDataset, Item
+from ..errors import CamlocError
+from ..images import Geometry
+from ..models import ClassifierAdapter, resolve_device
+from ..pipeline import Pipeline
+from .files import RESULTS_FILE, OutputLock, check_out_dir
+from .local import RunOptions, RunSummary, finish_item, plan_run
 
 INSTALL_HINT = "--engine ray needs Ray Data: pip install 'camloc[ray]'"
 
@@ -219,7 +212,7 @@ class ExplainBatch:
     """The actor of the ``map_batches`` stage: model loaded once, then batch after batch.
 
     Takes a numpy batch of loaded rows, returns one JSON record per row after writing that
-    image's outputs to ``out`` (the local runner's ``_finish_item``).
+    image's outputs to ``out`` (the local runner's ``finish_item``).
     """
 
     def __init__(self, model_ref: tuple, options: RunOptions, device: str, threads: int):
@@ -227,10 +220,9 @@ class ExplainBatch:
 
         torch.set_num_threads(max(1, threads))
         tune_allocator()  # each worker process, as the camloc command does for itself
-        self.model: ClassifierAdapter = ray.get(model_ref[0]).to(resolve_device(device))
+        model: ClassifierAdapter = ray.get(model_ref[0]).to(resolve_device(device))
+        self.pipeline = Pipeline(model, options.config)
         self.options, self.out = options, Path(options.out)
-        self.selection, self.box_options = options.selection(), options.box_options()
-        self.method = get_method(options.method, self.model)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = items_from_batch(batch)
@@ -239,12 +231,11 @@ class ExplainBatch:
         good = [item for item in items if item.error is None]
         explanations = {}
         if good:
-            inputs = torch.stack([item.tensor for item in good]).to(self.model.device)
-            output = self.method(inputs, self.selection)
-            results = finish(output, [item.geometry for item in good], self.model,
-                             self.box_options, [item.path for item in good])
+            results = self.pipeline.explain_tensors([item.tensor for item in good],
+                                                    [item.geometry for item in good],
+                                                    [item.path for item in good])
             explanations = {item.index: result for item, result in zip(good, results, strict=True)}
-        records = [_finish_item(item, explanations.get(item.index), stems, self.out, self.options)
+        records = [finish_item(item, explanations.get(item.index), stems, self.out, self.options.outputs)
                    for item in items]
         return {"record": np.array([json.dumps(record) for record in records], dtype=object)}
 
@@ -270,17 +261,17 @@ def actor_resources(options: RayOptions, device: str) -> tuple[float, str]:
     return (gpus, "cuda") if gpus > 0 else (0.0, "cpu")
 
 
-def build_dataset(model_ref, rows: list[dict[str, Any]], model: ClassifierAdapter,
+def build_dataset(model_ref, rows: list[dict[str, Any]], model: ClassifierAdapter, input_size: tuple[int, int],
                   options: RunOptions, ray_options: RayOptions, device: str):
     """The lazy Ray Dataset: file rows → loaded rows → records (JSON strings)."""
     import ray.data
 
-    preprocessing = Preprocessing(tuple(model.input_size), tuple(model.mean), tuple(model.std))
+    preprocessing = Preprocessing(tuple(input_size), tuple(model.mean), tuple(model.std))
     blocks = max(1, min(len(rows), math.ceil(len(rows) / options.batch_size)))
     gpus, actor_device = actor_resources(ray_options, device)
     return (
         ray.data.from_items(rows, override_num_blocks=blocks)
-        .map(load_row, fn_kwargs={"preprocessing": preprocessing, "policy": options.policy,
+        .map(load_row, fn_kwargs={"preprocessing": preprocessing, "policy": options.config.policy,
                                   "max_pixels": options.max_pixels},
              num_cpus=ray_options.load_cpus)
         .map_batches(
@@ -305,48 +296,40 @@ def run(
 ) -> RunSummary:
     """Explain every image under ``inputs`` into ``options.out`` on Ray; returns the counts.
 
-    Same contract as :func:`camloc.runner.run`. ``device``: ``"auto"`` puts each actor on
+    Same contract as :func:`camloc.jobs.local.run`. ``device``: ``"auto"`` puts each actor on
     a GPU when the cluster has one, ``"cpu"`` never asks for GPUs.
     """
     ray_options = ray_options or RayOptions()
     ray = import_ray()
     started = time.perf_counter()
-    inputs = [str(item) for item in inputs]
-    out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = collect_images(inputs)
-    if not paths:
-        raise CamlocError(f"no images found in {', '.join(inputs)}")
-    summary = RunSummary(found=len(paths))
-    stems = output_stems(paths, inputs)
-    options.selection().resolve(model)  # unknown classes and heads fail here, before Ray starts
-    get_method(options.method, model)
-    options.box_options()
-    done_before = prepare_results(out, options.resume)
-    cwd = os.getcwd()
-    rows = [{"path": str(path), "stem": stem, "cwd": cwd}
-            for path, stem in zip(paths, stems, strict=True) if str(path) not in done_before]
-    summary.skipped = len(paths) - len(rows)
-    if on_start:
-        on_start(len(rows))
-    if rows:
-        quiet_data_context()
-        owns_ray = start_ray(ray_options)
-        try:
-            _stream_records(ray, model, rows, options, ray_options, device, out, summary, on_image)
-        finally:
-            if owns_ray:
-                ray.shutdown()
+    pipeline = Pipeline(model, options.config)  # unknown classes, methods, layers fail here, before Ray starts
+    out = check_out_dir(options.out)
+    with OutputLock(out):
+        plan = plan_run(inputs, options)
+        summary = RunSummary(found=len(plan.paths), skipped=len(plan.paths) - len(plan.todo))
+        cwd = os.getcwd()
+        rows = [{"path": str(path), "stem": plan.stems[str(path)], "cwd": cwd} for path in plan.todo]
+        if on_start:
+            on_start(len(rows))
+        if rows:
+            quiet_data_context()
+            owns_ray = start_ray(ray_options)
+            try:
+                _stream_records(ray, model, pipeline.size, rows, options, ray_options, device, out, summary,
+                                on_image)
+            finally:
+                if owns_ray:
+                    ray.shutdown()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _stream_records(ray, model, rows, options, ray_options, device, out, summary, on_image) -> None:
+def _stream_records(ray, model, input_size, rows, options, ray_options, device, out, summary, on_image) -> None:
     on_device = model.device
     model_ref = ray.put(model.to("cpu"))  # CPU tensors unpickle on any node
     model.to(on_device)
     options = replace(options, out=out.resolve())  # actors may not share our working directory
-    dataset = build_dataset(model_ref, rows, model, options, ray_options, device)
+    dataset = build_dataset(model_ref, rows, model, input_size, options, ray_options, device)
     with open(out / RESULTS_FILE, "a", encoding="utf-8") as results:
         try:
             for row in dataset.iter_rows():

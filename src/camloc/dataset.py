@@ -1,0 +1,77 @@
+"""Images in batches for the network: decoding in DataLoader workers, failures kept as items.
+
+Used by the folder job (``camloc run``), ``camloc eval`` and the Ray engine alike, so a bad
+file gives the same error from every door.
+
+>>> import camloc
+>>> model = camloc.load_model("resnet18", weights="random")
+>>> [item] = ImageDataset(["examples/images/coffee.jpg"], model, "squash", 10**8)
+>>> tuple(item.tensor.shape), item.error
+((3, 224, 224), None)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import ImageError
+from .images import Geometry, load_image, preprocess
+
+
+@dataclass
+class Item:
+    index: int
+    path: str
+    tensor: torch.Tensor | None = None
+    geometry: Geometry | None = None
+    image: torch.Tensor | None = None  # (H, W, 3) uint8 original, for rendering
+    error: str | None = None
+
+
+class ImageDataset(Dataset):
+    """Loads and preprocesses one image per item; failures become an ``Item`` with an error."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], model: Any, policy: str,
+                 max_pixels: int, input_size: tuple[int, int] | None = None):
+        """``model``: anything with ``input_size``, ``mean`` and ``std`` (an adapter)."""
+        self.paths, self.policy, self.max_pixels = list(paths), policy, max_pixels
+        self.input_size, self.mean, self.std = input_size or model.input_size, model.mean, model.std
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Item:
+        path = self.paths[index]
+        try:
+            image = load_image(path, self.max_pixels)
+            tensor, geometry = preprocess(image, self.input_size, self.policy, self.mean, self.std)
+            original = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+            return Item(index, str(path), tensor, geometry, original)
+        except ImageError as error:
+            return Item(index, str(path), error=str(error))
+        except Exception as error:  # noqa: BLE001 - one bad file never stops the run
+            return Item(index, str(path), error=f"{path}: {type(error).__name__}: {error}".splitlines()[0])
+
+
+def _keep_items(items: list[Item]) -> list[Item]:
+    return items
+
+
+def batches(paths: Sequence[Path], preprocessing: Any, policy: str, max_pixels: int,
+            input_size: tuple[int, int], batch_size: int, workers: int | None = None) -> Iterator[list[Item]]:
+    """``paths`` loaded and preprocessed in lists of ``batch_size`` items, decoded by
+    ``workers`` processes (``None``: none for a handful of images, else up to 4)."""
+    dataset = ImageDataset(paths, preprocessing, policy, max_pixels, input_size)
+    if workers is None:  # worker start-up costs more than it saves on a handful of images
+        workers = 0 if len(paths) <= 2 * batch_size else min(4, os.cpu_count() or 1)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                        collate_fn=_keep_items, prefetch_factor=2 if workers else None)
+    yield from loader

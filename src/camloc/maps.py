@@ -1,0 +1,119 @@
+"""Maps to [0, 1], at the image's original resolution.
+
+Bilinear resampling is linear with weights summing to one, so each map is normalised on the
+feature grid and resampled once; the full-size range is read off the samples where a
+piecewise-linear map can peak (:func:`camloc.images.extreme_samples`).
+
+>>> import torch
+>>> normalize_maps(torch.tensor([[[1.0, 3.0], [2.0, 5.0]]])).tolist()
+[[[0.0, 0.5], [0.25, 1.0]]]
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import NORMALIZATIONS
+from .images import Geometry, coverage_mask, extreme_samples, group_by_geometry, resampling_matrices
+
+
+def flat_safe_span(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """``high - low``, or infinity where the range is rounding noise (under 1e-6 of the
+    values' magnitude, or 1e-12): dividing by it makes a flat map all 0, not all noise."""
+    span = high - low
+    noise = torch.maximum(high.abs(), low.abs()).mul(1e-6).clamp_min(1e-12)
+    return torch.where(span <= noise, torch.full_like(span, float("inf")), span)
+
+
+def normalize_maps(
+    maps: torch.Tensor, mask: torch.Tensor | None = None, mode: str = "minmax"
+) -> torch.Tensor:
+    """Normalise each ``(..., H, W)`` map to [0, 1] over the pixels in ``mask``.
+
+    ``"minmax"``: ``(map - min) / (max - min)``; ``"max"``: negative scores (evidence against
+    the class) become 0 and the rest is divided by the maximum, ``relu(map) / max``.
+    Pixels outside the mask (not seen by the network) become 0. A flat map (range within
+    float32 rounding of its values) becomes all 0.
+
+    >>> normalize_maps(torch.tensor([[[1.0, 3.0], [2.0, 5.0]]])).tolist()
+    [[[0.0, 0.5], [0.25, 1.0]]]
+    >>> normalize_maps(torch.tensor([[[-1.0, 1.0], [2.0, 4.0]]]), mode="max").tolist()
+    [[[0.0, 0.25], [0.5, 1.0]]]
+    """
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalisation {mode!r}; choose from {', '.join(NORMALIZATIONS)}")
+    flat = maps.flatten(-2)
+    if mode == "max":
+        flat = flat.clamp_min(0)
+    if mask is not None:
+        valid = mask.flatten().to(maps.device)
+        low = flat.masked_fill(~valid, float("inf")).amin(-1, keepdim=True)
+        high = flat.masked_fill(~valid, float("-inf")).amax(-1, keepdim=True)
+    else:
+        low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+    if mode == "max":
+        low = torch.zeros_like(low)
+    normalized = flat.sub(low).div_(flat_safe_span(low, high))  # in [0, 1] where low and high were taken
+    if mask is not None:  # masked_fill, not a product: an empty mask leaves inf - inf there
+        normalized = normalized.clamp_(0, 1).masked_fill_(~valid, 0)
+    return normalized.view_as(maps)
+
+
+def normalized_to_original(maps: torch.Tensor, geometry: Geometry, mode: str = "minmax") -> torch.Tensor:
+    """``(k, h_f, w_f)`` maps → normalised ``(k, H, W)`` maps at original resolution:
+    ``normalize_maps(maps_to_original(maps, geometry), coverage, mode)`` to float rounding
+    (coverage: the pixels a center crop kept), for the cost of one resampling.
+
+    Resampling is linear with weights that sum to one, so normalising commutes with it:
+    the range is read off the few samples where a resampled map can peak
+    (:func:`extreme_samples`, ~(2 h_f + 2) x (2 w_f + 2) values), the small map is
+    normalised, and only that is resampled to full size.
+
+    >>> geometry = Geometry((40, 60), (7, 7), (7 / 40, 7 / 60), (0.0, 0.0), "squash")
+    >>> normalized = normalized_to_original(torch.randn(2, 7, 7), geometry)
+    >>> tuple(normalized.shape), normalized.amin().item(), normalized.amax(dim=(1, 2)).tolist()
+    ((2, 40, 60), 0.0, [1.0, 1.0])
+    """
+    [normalized] = normalized_to_original_batch(maps[None], [geometry], mode)
+    return normalized
+
+
+def normalized_to_original_batch(maps: torch.Tensor, geometries: list[Geometry],
+                                 mode: str = "minmax") -> list[torch.Tensor]:
+    """:func:`normalized_to_original` of each image of ``(N, k, h_f, w_f)`` maps; images
+    that share a geometry are resampled in one batched matmul."""
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalisation {mode!r}; choose from {', '.join(NORMALIZATIONS)}")
+    results: list[torch.Tensor | None] = [None] * len(geometries)
+    with torch.autocast(maps.device.type, enabled=False):  # float32 maps, even inside --amp
+        for geometry, indices in group_by_geometry(geometries).items():
+            chosen = maps[indices] if len(indices) < len(geometries) else maps
+            for index, result in zip(indices, _normalized_group(chosen.float(), geometry, mode), strict=True):
+                results[index] = result
+    return results
+
+
+def _normalized_group(maps: torch.Tensor, geometry: Geometry, mode: str) -> torch.Tensor:
+    """``(n, k, h, w)`` maps of images that share ``geometry`` → ``(n, k, H, W)`` normalised."""
+    rows, cols = resampling_matrices(geometry, maps.shape[-2:], maps.device)
+    cropped = geometry.policy == "center-crop"
+    (height, width), (input_h, input_w) = geometry.original_size, geometry.input_size
+    (sy, sx), (oy, ox) = geometry.scale, geometry.offset
+    peak_rows = extreme_samples(height, maps.shape[-2], input_h, sy, oy, cropped).to(maps.device)
+    peak_cols = extreme_samples(width, maps.shape[-1], input_w, sx, ox, cropped).to(maps.device)
+    probe = (rows[peak_rows] @ maps @ cols[peak_cols].T).flatten(2)  # (n, k, peaks)
+    high, at_high = probe.max(-1)
+    low, at_low = probe.min(-1) if mode == "minmax" else (torch.zeros_like(high), None)
+    span = flat_safe_span(low, high)
+    small = (maps - low[..., None, None]) / span[..., None, None]
+    normalized = (rows @ small @ cols.T).clamp_(0, 1)  # (n, k, H, W)
+    if cropped:
+        normalized.mul_(coverage_mask(geometry, maps.device))
+    # the peak exactly 1 (the trough 0), as normalize_maps gives them, not 1 - ε; a flat map
+    # is all 0 already
+    pixels = normalized.view(*normalized.shape[:2], -1)
+    for at, value in ((at_high, span.isfinite().float()), (at_low, torch.zeros_like(span))):
+        if at is not None:
+            spot = peak_rows[at // peak_cols.numel()] * width + peak_cols[at % peak_cols.numel()]
+            pixels.scatter_(2, spot[..., None], value[..., None])
+    return normalized

@@ -1,0 +1,120 @@
+"""Model formats and :func:`load_model`, the one way a model is loaded.
+
+A format is a name, the file suffixes it claims and a loader; :func:`register_format` adds
+one (a new format is one module with a loader plus one call). Names that are not files
+(``efficientnet_lite0``, ``resnet50``, ``timm/convnext_tiny``) are built by
+:mod:`camloc.models.torch_models`.
+
+>>> sorted(FORMATS)
+['checkpoint', 'keras', 'onnx']
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .adapter import IMAGENET_MEAN, IMAGENET_STD, ClassifierAdapter, adapt, resolve_device
+from .checkpoint import CHECKPOINT_SUFFIXES, load_checkpoint
+from .dilation import dilate_last_stage
+from .keras import load_keras_model
+from .onnx import load_onnx_model
+from .torch_models import DEFAULT_NAMES, load_default, load_named
+
+
+@dataclass(frozen=True)
+class ModelFormat:
+    """A kind of model file: ``load(path, class_names=, input_size=, preprocess=)`` builds
+    its adapter; ``torch_network``: the adapter runs a PyTorch module camloc may dilate and
+    lay out (False for networks run by another runtime, e.g. onnxruntime or Keras)."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    load: Callable[..., ClassifierAdapter]
+    torch_network: bool = True
+    extra: str | None = None  # the pip extra it needs, for error messages
+
+
+FORMATS: dict[str, ModelFormat] = {}
+
+
+def register_format(model_format: ModelFormat) -> ModelFormat:
+    """Make ``load_model`` open files with these suffixes with ``model_format.load``."""
+    FORMATS[model_format.name] = model_format
+    return model_format
+
+
+def format_of(model: str | os.PathLike | None) -> ModelFormat | None:
+    """The registered format whose suffix ``model`` has, or ``None`` (a name, not a file)."""
+    if model is None:
+        return None
+    suffix = Path(str(model)).suffix.lower()
+    return next((f for f in FORMATS.values() if suffix in f.suffixes), None)
+
+
+def _checkpoint(path, **_ignored) -> ClassifierAdapter:
+    return load_checkpoint(path)
+
+
+register_format(ModelFormat("checkpoint", CHECKPOINT_SUFFIXES, _checkpoint))
+register_format(ModelFormat("keras", (".keras", ".h5", ".hdf5"), load_keras_model,
+                            torch_network=False, extra="keras"))
+register_format(ModelFormat("onnx", (".onnx",), load_onnx_model, torch_network=False, extra="onnx"))
+
+
+def load_model(
+    model: str | os.PathLike | nn.Module | None = None,
+    weights: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+    class_names: Sequence[str] | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    preprocess: str | None = None,
+    dilate: bool | None = None,
+) -> ClassifierAdapter:
+    """Load a classifier and find its CAM head.
+
+    ``model``: ``None`` or ``"efficientnet_lite0"`` (embedded default, offline); a timm or
+    torchvision name (``"resnet50"``, ``"timm/convnext_tiny"``, ``"torchvision/densenet121"``);
+    a file of a registered format (a camloc checkpoint, ``.keras``/``.h5`` run by Keras,
+    ``.onnx`` run by onnxruntime; see :data:`FORMATS`); or an ``nn.Module``. ``weights``: a
+    local weights file, or ``"random"`` for untrained weights. ``preprocess``
+    (caffe|tf|torch|none) is the input convention of Keras/ONNX files. ``dilate``: run the
+    last stage at 2× resolution (:func:`camloc.models.dilation.dilate_last_stage`, finer
+    maps, better boxes); ``None`` means yes for the models camloc builds (names,
+    checkpoints) and no for an ``nn.Module`` you pass (it is left as it is unless you ask).
+
+    >>> load_model("resnet18", weights="random").feature_layer
+    'layer4'
+    """
+    if isinstance(model, nn.Module):
+        adapter = adapt(model, class_names=class_names, input_size=input_size or 224,
+                        mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD)
+        built_here, torch_network = False, True
+    else:
+        model_format = format_of(model)
+        built_here, torch_network = True, model_format is None or model_format.torch_network
+        if model_format is not None:
+            adapter = model_format.load(Path(str(model)), class_names=class_names,
+                                        input_size=input_size, preprocess=preprocess)
+        elif model is None or str(model) in DEFAULT_NAMES:
+            adapter = load_default(weights)
+        else:
+            adapter = load_named(str(model), weights, class_names, input_size, mean, std)
+    if dilate is None:
+        dilate = built_here
+    if dilate and torch_network and adapter.head_error is None:
+        dilate_last_stage(adapter)
+    if built_here and isinstance(adapter.model, nn.Module):
+        adapter.model.eval()  # built here for inference (a module you pass keeps its mode)
+        adapter.model.to(memory_format=torch.channels_last)  # and laid out as ``to`` does
+    if device is not None:
+        adapter.to(resolve_device(device))
+    return adapter

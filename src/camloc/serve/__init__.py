@@ -1,0 +1,17 @@
+"""``camloc serve``: the web page and JSON API (:mod:`camloc.serve.app`, needs the ``serve``
+extra)."""
+
+from .app import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SIDE,
+    DEFAULT_MAX_UPLOAD,
+    MAX_TOPK,
+    Explainer,
+    ExplainOptions,
+    create_app,
+    display_size,
+    serve,
+)
+
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_SIDE", "DEFAULT_MAX_UPLOAD", "MAX_TOPK", "ExplainOptions",
+           "Explainer", "create_app", "display_size", "serve"]
