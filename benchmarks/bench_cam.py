@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from timing import allocator_option, apply_allocator, best_times
 
 import camloc
-from camloc.methods import CAMMethod, ClassSelection
-from camloc.pipeline import finish
 from camloc.images import load_image, preprocess
+from camloc.methods import CAMMethod, ClassSelection
 from camloc.models import inference_mode
+from camloc.pipeline import finish
 
 ROOT = Path(__file__).resolve().parents[1]
 

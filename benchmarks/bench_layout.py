@@ -24,8 +24,8 @@ from timing import allocator_option, apply_allocator, best_times
 
 import camloc
 from camloc.methods import CAMMethod, ClassSelection
-from camloc.pipeline import finish
 from camloc.models import inference_mode
+from camloc.pipeline import finish
 
 
 def layouts(model: camloc.ClassifierAdapter) -> dict[str, camloc.ClassifierAdapter]:

@@ -24,9 +24,8 @@ from PIL import Image
 from timing import allocator_option, apply_allocator, best_times
 
 import camloc
-from camloc.methods import ClassSelection, get_method
-from camloc.methods import ScoreCAM
 from camloc.images import maps_to_original_batch, preprocess
+from camloc.methods import ClassSelection, ScoreCAM, get_method
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -28,9 +28,9 @@ from timing import allocator_option, apply_allocator
 from torch.utils.data import DataLoader
 
 import camloc
-from camloc.models import inference_mode, resolve_device
 from camloc.dataset import ImageDataset
 from camloc.jobs.local import RunOptions, run
+from camloc.models import inference_mode, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 

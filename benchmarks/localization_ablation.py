@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 import camloc
-from camloc.maps import normalize_maps
 from camloc.evaluate import max_box_acc, read_ground_truth, sweep_ious
 from camloc.evaluate.metrics import sweep_thresholds
 from camloc.images import collect_images, load_image, preprocess
+from camloc.maps import normalize_maps
 from camloc.models import ClassifierAdapter, dilate_last_stage, inference_mode
 
 

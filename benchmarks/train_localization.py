@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from make_shapes import make_shapes  # noqa: E402
 
 from camloc.boxes import box_iou, boxes_from_map  # noqa: E402
-from camloc.pipeline import explain  # noqa: E402
 from camloc.models import dilate_last_stage
 from camloc.models.checkpoint import load_checkpoint  # noqa: E402
+from camloc.pipeline import explain  # noqa: E402
 from camloc.train import TrainOptions, train  # noqa: E402
 
 RULES = (0.2, 0.4, 0.6, 0.8, "mean", "otsu", "otsu2")

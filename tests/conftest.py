@@ -11,7 +11,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "images"
-CAMLOC = [sys.executable, "-m", "camloc.cli"]
+# the installed command, as users run it (its script sits beside the interpreter of the venv)
+_SCRIPT = Path(sys.executable).with_name("camloc")
+CAMLOC = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "camloc.cli"]
 
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from camloc.boxes import box_iou, boxes_from_map, otsu_level, parse_threshold
+from camloc.errors import ClassError
 from camloc.maps import normalize_maps
 from camloc.pipeline import BoxOptions
-from camloc.errors import ClassError
 
 
 def blob_on_a_floor() -> tuple[torch.Tensor, tuple[int, int, int, int]]:

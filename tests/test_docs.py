@@ -9,8 +9,11 @@ import os
 import pytest
 from conftest import ROOT
 
-MODULES = ["camloc", "camloc.images", "camloc.boxes", "camloc.models", "camloc.cam", "camloc.render",
-           "camloc.runner", "camloc.allocator"]
+MODULES = ["camloc", "camloc.config", "camloc.images", "camloc.models", "camloc.models.adapter",
+           "camloc.models.registry", "camloc.models.dilation", "camloc.methods", "camloc.methods.cam",
+           "camloc.methods.views", "camloc.methods.registry", "camloc.maps", "camloc.boxes", "camloc.pipeline",
+           "camloc.dataset", "camloc.render", "camloc.jobs.files", "camloc.jobs.local", "camloc.evaluate.ground_truth",
+           "camloc.evaluate.metrics", "camloc.evaluate.job", "camloc.allocator"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 import camloc
 from camloc.boxes import box_iou
+from camloc.config import ExplainConfig
+from camloc.evaluate import GroundTruthError, evaluate, max_box_acc, read_ground_truth, sweep_ious
+from camloc.evaluate.ground_truth import match_images
+from camloc.evaluate.metrics import component_boxes, sweep_thresholds, working_resolution
 from camloc.methods import ClassSelection, explain_batch, get_method
 from camloc.pipeline import network_size
-from camloc.evaluate import GroundTruthError, evaluate, max_box_acc, read_ground_truth, sweep_ious
-from camloc.evaluate.metrics import component_boxes, sweep_thresholds, working_resolution
-from camloc.evaluate.ground_truth import match_images
-from camloc.config import ExplainConfig
 
 # --------------------------------------------------------------------------- metrics
 
@@ -325,6 +325,7 @@ def test_evaluate_synthetic_set(colour_model, synthetic_set):
         "unknown_labels": 1,
         "unreadable": 1,
         "ground_truth_without_image": 1,
+        "boxes_outside_image": 0,
     }
     assert metrics["top1_cls"] == 1.0 and metrics["top1_loc"] == 1.0
     assert metrics["gt_known_loc"] == 1.0

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import camloc
-from camloc.methods import class_maps, get_method
 from camloc.errors import ModelError
+from camloc.methods import class_maps, get_method
 from camloc.models.keras import import_keras
 
 IMAGES = Path(__file__).resolve().parent.parent / "examples" / "images"

@@ -11,8 +11,8 @@ import torchvision
 from torch import nn
 
 import camloc
-from camloc.methods import ClassSelection, class_maps
 from camloc.errors import ClassError, ModelError
+from camloc.methods import ClassSelection, class_maps
 from camloc.models import inference_mode
 
 

@@ -15,8 +15,8 @@ import torchvision
 from torch import nn
 
 import camloc
-from camloc.methods import CAMMethod, ClassSelection, class_maps
 from camloc.errors import ModelError
+from camloc.methods import CAMMethod, ClassSelection, class_maps
 from camloc.models.onnx import OnnxAdapter, find_onnx_head
 from camloc.onnx_export import export_onnx
 

@@ -212,8 +212,8 @@ def shaped_maps(rng: np.random.Generator, k: int, size: int) -> torch.Tensor:
 def test_normalising_before_resampling_equals_normalising_after(policy, mode):
     """The fast path (normalise the small map, resample once) against the straightforward
     one (resample, then normalise every pixel): same maps to float rounding, extremes exact."""
-    from camloc.maps import normalize_maps, normalized_to_original, normalized_to_original_batch
     from camloc.images import coverage_mask, maps_to_original
+    from camloc.maps import normalize_maps, normalized_to_original, normalized_to_original_batch
 
     rng = np.random.default_rng(7)
     for trial in range(12):

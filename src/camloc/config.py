@@ -122,7 +122,7 @@ class ExplainConfig:
         if self.rank is not None and self.rank < 1:
             raise ClassError(f"--rank must be at least 1 (1 = most likely), got {self.rank}")
         if self.policy not in RESIZE_POLICIES:
-            raise CamlocError(f"unknown resize policy {self.policy!r}; choose from {', '.join(RESIZE_POLICIES)}")
+            raise CamlocError(f"unknown policy {self.policy!r}; choose from {', '.join(RESIZE_POLICIES)}")
         if self.input_size is not None and int(self.input_size) < 16:
             raise CamlocError(f"--input-size must be at least 16 pixels, got {self.input_size}")
         if self.threshold is not None:

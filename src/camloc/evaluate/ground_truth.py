@@ -1,4 +1,4 @@
-"""Ground-truth boxes: a CSV (``image,label,xmin,ymin,xmax,ymax``), a folder of Pascal VOC
+r"""Ground-truth boxes: a CSV (``image,label,xmin,ymin,xmax,ymax``), a folder of Pascal VOC
 XML files, or a COCO instances JSON, read into ``{image key: [GTBox, ...]}``.
 
 >>> import tempfile, pathlib
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import xml.etree.ElementTree as ElementTree
 from collections import defaultdict
@@ -67,6 +68,8 @@ def _box(values: Sequence[str | float], where: str) -> tuple[float, float, float
         xmin, ymin, xmax, ymax = (float(v) for v in values)
     except (TypeError, ValueError):
         raise GroundTruthError(f"{where}: box {list(values)} is not four numbers") from None
+    if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
+        raise GroundTruthError(f"{where}: box {list(values)} is not four finite numbers")
     if xmax < xmin or ymax < ymin:
         raise GroundTruthError(f"{where}: box {list(values)} has xmax < xmin or ymax < ymin")
     return xmin, ymin, xmax, ymax

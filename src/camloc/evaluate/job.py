@@ -1,4 +1,4 @@
-"""The ``camloc eval`` job: every image with ground truth explained by the one pipeline
+r"""The ``camloc eval`` job: every image with ground truth explained by the one pipeline
 (for its ground-truth class), then measured (:mod:`camloc.evaluate.metrics`).
 
 >>> import camloc, tempfile, pathlib
@@ -122,7 +122,18 @@ def evaluate(
         explained = pipeline.finish(output, [item.geometry for item in good], [item.path for item in good])
         for item, explanation, predicted in zip(good, explained, top5, strict=True):
             classes, box_classes, boxes = targets[Path(item.path)]
-            own = np.array([b for b, c in zip(boxes, box_classes, strict=True) if c == classes[0]])
+            width, height = explanation.size
+            inside = [overlaps_image(b, width, height) for b in boxes]
+            if not all(inside):
+                counts.boxes_outside_image += inside.count(False)
+                counts.errors.append(f"{item.path}: {inside.count(False)} ground-truth box(es) outside the "
+                                     f"{width}x{height} image, ignored")
+                if on_image:
+                    on_image(item.path, counts.errors[-1])
+            own = np.array([b for b, c, ok in zip(boxes, box_classes, inside, strict=True) if c == classes[0] and ok])
+            if not len(own):
+                counts.without_ground_truth += 1
+                continue
             sweep = sweep_ious(*working_resolution(explanation.normalized[0], own), thresholds)
             box = explanation.boxes[0][0] if explanation.boxes[0] else None
             iou = float(box_iou([box], own).max()) if box is not None else 0.0
@@ -155,6 +166,12 @@ def evaluate(
         class_names=model.class_names,
         seconds=time.perf_counter() - started,
     )
+
+
+def overlaps_image(box: list[float], width: int, height: int) -> bool:
+    """Whether a ``[xmin, ymin, xmax, ymax]`` box covers some of a ``width × height`` image."""
+    xmin, ymin, xmax, ymax = box
+    return xmin < width and ymin < height and xmax > 0 and ymax > 0
 
 
 def settings_of(model: ClassifierAdapter, config: ExplainConfig, step: float = SWEEP_STEP) -> dict[str, Any]:

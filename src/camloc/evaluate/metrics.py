@@ -180,6 +180,7 @@ class Counts:
     unknown_labels: int = 0
     unreadable: int = 0
     ground_truth_without_image: int = 0
+    boxes_outside_image: int = 0  # ground-truth boxes that do not overlap their image (ignored)
     errors: list[str] = field(default_factory=list)
 
 

@@ -28,10 +28,11 @@ def load_checkpoint(path: str | os.PathLike) -> ClassifierAdapter:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file {path} not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001
-        raise ModelError(f"{path} is not a camloc checkpoint ({str(error).splitlines()[0][:120]})") from None
+    try:  # weights only: a checkpoint holds tensors and plain values, never code to run
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file is one user error
+        raise ModelError(f"{path} is not a camloc checkpoint (train one with `camloc train`, or pass a "
+                         "plain weights file with --model NAME --weights PATH)") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{path} is not a camloc checkpoint (train one with `camloc train`, or "
                          "pass a plain weights file with --model NAME --weights PATH)")

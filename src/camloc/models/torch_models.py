@@ -72,8 +72,11 @@ def load_state_dict(network: nn.Module, path: str | os.PathLike) -> None:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is one user error
-        raise ModelError(f"cannot read weights file {path}: {str(error).splitlines()[0]}") from None
+    except Exception:  # noqa: BLE001 - any unreadable file is one user error
+        raise ModelError(f"{path} is not a weights file camloc can read (a state dict saved with "
+                         "torch.save, or a .safetensors file)") from None
+    if not isinstance(state, dict):
+        raise ModelError(f"{path} holds a {type(state).__name__}, not a state dict of weights")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

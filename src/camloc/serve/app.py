@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import render
+from ..config import parse_threshold
 from ..errors import CamlocError
 from ..images import RESIZE_POLICIES, read_image
 from ..methods import list_methods
@@ -365,6 +366,11 @@ def create_app(
                                  method=method, policy=policy, threshold=threshold,
                                  colormap=colormap, opacity=opacity, max_side=max_side,
                                  overlay=overlay)
+        if threshold is not None:
+            try:
+                parse_threshold(threshold)
+            except ValueError as error:
+                raise ApiError(422, f"threshold: {error}") from None
         if len(options.classes) > MAX_TOPK:
             raise ApiError(422, f"class: at most {MAX_TOPK} classes a request, got {len(options.classes)}")
         render.colormap_lut(colormap)  # unknown colormap → 400 before any work
