@@ -65,7 +65,7 @@ def test_bad_out_is_refused_before_any_work(tmp_path):
 def test_messages_are_printed_verbatim(tmp_path):
     """Square brackets are not eaten as markup, and a newline in a name stays on one line."""
     done = camloc_cli("run", str(tmp_path / "photos[x]"), "--out", str(tmp_path / "out"))
-    assert done.returncode == 1
+    assert done.returncode == 2  # nothing found: a glob pattern that matches no image
     assert "photos[x]" in done.stderr and "Traceback" not in done.stderr
     odd = tmp_path / "bad\nname.jpg"
     odd.write_bytes(b"not an image")

@@ -8,6 +8,7 @@ ckpt.pt`` needs nothing else.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ def load_checkpoint(path: str | os.PathLike) -> ClassifierAdapter:
     if not path.is_file():
         raise ModelError(f"model file {path} not found")
     try:  # weights only: a checkpoint holds tensors and plain values, never code to run
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's advice on pickles is not ours to print
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - any unreadable file is one user error
         raise ModelError(f"{path} is not a camloc checkpoint (train one with `camloc train`, or pass a "
                          "plain weights file with --model NAME --weights PATH)") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,7 +72,9 @@ def load_state_dict(network: nn.Module, path: str | os.PathLike) -> None:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's advice on pickles is not ours to print
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - any unreadable file is one user error
         raise ModelError(f"{path} is not a weights file camloc can read (a state dict saved with "
                          "torch.save, or a .safetensors file)") from None
