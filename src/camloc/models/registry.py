@@ -24,7 +24,7 @@ from .checkpoint import CHECKPOINT_SUFFIXES, load_checkpoint
 from .dilation import dilate_last_stage
 from .keras import load_keras_model
 from .onnx import load_onnx_model
-from .torch_models import DEFAULT_NAMES, load_default, load_named
+from .torch_models import embedded_name, load_embedded, load_named
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ def load_model(
 ) -> ClassifierAdapter:
     """Load a classifier and find its CAM head.
 
-    ``model``: ``None`` or ``"efficientnet_lite0"`` (embedded default, offline); a timm or
+    ``model``: ``None`` or ``"efficientnet_lite0"`` (embedded default, offline), or its
+    embedded siblings ``"efficientnet_lite1"`` / ``"efficientnet_lite2"``; a timm or
     torchvision name (``"resnet50"``, ``"timm/convnext_tiny"``, ``"torchvision/densenet121"``);
     a file of a registered format (a camloc checkpoint, ``.keras``/``.h5`` run by Keras,
     ``.onnx`` run by onnxruntime; see :data:`FORMATS`); or an ``nn.Module``. ``weights``: a
@@ -104,8 +105,8 @@ def load_model(
         if model_format is not None:
             adapter = model_format.load(Path(str(model)), class_names=class_names,
                                         input_size=input_size, preprocess=preprocess)
-        elif model is None or str(model) in DEFAULT_NAMES:
-            adapter = load_default(weights)
+        elif embedded_name(model) is not None:
+            adapter = load_embedded(embedded_name(model), weights)
         else:
             adapter = load_named(str(model), weights, class_names, input_size, mean, std)
     if dilate is None:

