@@ -26,31 +26,37 @@ forward passes of the three models and the synthetic set, ~6 min for the sweeps.
 
 from __future__ import annotations
 
-# ---- camloc internals used here (module paths may move with the refactor: fix them here only)
+import argparse
+import math
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from make_shapes import texture  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
-from camloc.boxes import box_iou, otsu_level  # noqa: E402
-from camloc.evaluate import read_ground_truth, sweep_ious, sweep_thresholds  # noqa: E402
-from camloc.images import collect_images, load_image, maps_to_original, preprocess  # noqa: E402
-from camloc.models import (  # noqa: E402
-    TF_MEAN, TF_STD, adapt, dilate_last_stage, imagenet_class_names, inference_mode, load_model,
+# ---- camloc internals used here: module paths may move with the refactor, fix them here only
+from camloc.boxes import otsu_level
+from camloc.evaluate import read_ground_truth, sweep_ious, sweep_thresholds
+from camloc.images import collect_images, load_image, maps_to_original, preprocess
+from camloc.models import (
+    TF_MEAN,
+    TF_STD,
+    adapt,
+    dilate_last_stage,
+    imagenet_class_names,
+    inference_mode,
+    load_model,
     map_state_dict_by_order,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from make_shapes import texture  # noqa: E402  (the shapes generator's background texture)
+
 # ---- end of camloc imports
-
-import argparse  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
 
 IOU = 0.5
 DELTAS = (0.3, 0.5, 0.7)
@@ -120,7 +126,7 @@ def forward_records(adapter, tensors: list[torch.Tensor], classes: list[int], la
         if not modules:
             continue
         captured = {}
-        hooks = [m.register_forward_hook(lambda mod, i, o, n=name: captured.__setitem__(n, o))
+        hooks = [m.register_forward_hook(lambda mod, i, o, n=name, keep=captured: keep.__setitem__(n, o))
                  for name, m in modules.items()]
         try:
             with inference_mode(adapter.model, grad=True):
@@ -200,6 +206,8 @@ def rule_level(rule: str, normalized: torch.Tensor) -> float:
     if rule == "otsu2":
         level = otsu_level(normalized)
         return otsu_level(normalized[normalized >= level])
+    if rule == "li":
+        return li_level(normalized)
     if rule.startswith("mean*"):
         return min(float(rule[5:]) * float(normalized.mean()), 0.99)
     return float(rule)
@@ -215,7 +223,24 @@ def rule_ious(normalized: list[torch.Tensor], boxes: list[np.ndarray], rules: li
 
 
 TAU_GRID = [f"{t:.2f}" for t in np.arange(0.05, 0.951, 0.05)]
+SHORTLIST = ["0.25", "0.35", "0.50", "0.60", "mean*1", "otsu", "otsu2"]
 RULE_CANDIDATES = TAU_GRID + ["otsu", "otsu2"] + [f"mean*{k}" for k in (1, 1.25, 1.5, 2, 2.5, 3)]
+
+
+def li_level(normalized: torch.Tensor) -> float:
+    """Li's minimum cross-entropy threshold (iterative), on the normalised map's values."""
+    values = normalized.flatten().double() + 1e-6
+    level = float(values.mean())
+    for _ in range(100):
+        low, high = values[values < level], values[values >= level]
+        if len(low) == 0 or len(high) == 0:
+            break
+        ml, mh = float(low.mean()), float(high.mean())
+        new = (mh - ml) / (math.log(mh) - math.log(ml))
+        if abs(new - level) < 1e-4:
+            break
+        level = new
+    return level
 
 
 def pick_rule(ious: np.ndarray, rules: list[str]) -> str:
@@ -356,7 +381,7 @@ def synthetic_records(model, per_class_train: int, per_class_test: int, seed: in
 
     def batch_of(count):
         images, boxes, labels = [], [], []
-        for i in range(count):
+        for _ in range(count):
             for c, label in enumerate(SHAPES):
                 image, b = scene(rng, label)
                 images.append(image)
@@ -474,6 +499,18 @@ def report_variants(variants: list[Variant], taus: np.ndarray, halves, draws: in
                     + "  " + "  ".join(f"{row[k][0]:+.3f} [{row[k][1]:+.3f},{row[k][2]:+.3f}]"
                                        for k in ("dtop1", "dgt", "dmba")), flush=True)
         results["AB"[h]] = rows
+    # MaxBoxAccV2 has no constant of ours (it takes the best τ per δ), so its difference can also be
+    # tested on all images at once: a tighter paired interval than either half's
+    everyone = np.arange(len(default.correct))
+    boot = Boot(len(everyone), draws, seed=2)
+    base_sample = boot.mba(default.best)
+    print(f"\n## both halves pooled ({len(everyone)} images): MaxBoxAccV2 and its paired difference to the default")
+    for v in variants:
+        sample = boot.mba(v.best)
+        low, high = ci(sample - base_sample)
+        print(f"{v.name:34s} {mba(v.best):.3f} [{ci(sample)[0]:.3f},{ci(sample)[1]:.3f}]  "
+              f"Δ {mba(v.best) - mba(default.best):+.3f} [{low:+.3f},{high:+.3f}]  "
+              f"top-1 cls {v.correct.mean():.3f}")
     return results
 
 
@@ -490,7 +527,7 @@ def part_one(args, items, taus) -> list[Variant]:
         model = load_lite(name)
         tensors, geometries = tensors_of(items, SIZES[name], model)
         record = cached(args.cache, f"real-{name}-{n}",
-                        lambda: forward_records(model, tensors, classes, layers=(name == "lite0")))
+                        lambda m=model, t=tensors, lay=(name == "lite0"): forward_records(m, t, classes, layers=lay))
         correct = (record["logits"].float().argmax(1) == torch.tensor(classes)).numpy()
         per_model[name] = (record, geometries, correct)
         print(f"{name}: top-1 cls {correct.mean():.3f}; forward {record['seconds_forward']:.1f} s"
@@ -516,12 +553,14 @@ def part_one(args, items, taus) -> list[Variant]:
     add("minmax, τ re-chosen", [minmax(m) for m in cam])
     for p in args.percentiles:
         add(f"IVR p{p:g}", [ivr(m, p) for m in cam], with_rules=(p == 50))
+    add("max (relu(m)/max)", [m.clamp_min(0) / m.max().clamp_min(1e-12) for m in cam])
+    add("z-score ((z+2)/6)", [((m - m.mean()) / m.std() + 2).div(6).clamp(0, 1) for m in cam])
     add("bicubic upsampling", [minmax(m) for m in upsample(record["cam"], geometries, "bicubic")])
     add("nearest upsampling", [minmax(m) for m in upsample(record["cam"], geometries, "nearest")])
     add("PC1 alone", [minmax(m) for m in pc])
     for alpha in (0.25, 0.5):
-        add(f"CAM+PC1 α{alpha:g}", [minmax((1 - alpha) * minmax(c) + alpha * minmax(p)) for c, p in zip(cam, pc, strict=True)],
-            with_rules=(alpha == 0.5))
+        fusion = [minmax((1 - alpha) * minmax(c) + alpha * minmax(p)) for c, p in zip(cam, pc, strict=True)]
+        add(f"CAM+PC1 α{alpha:g}", fusion, with_rules=(alpha == 0.5))
     if "layers" in record:
         layer_maps = {k: upsample(v, geometries) for k, v in record["layers"].items()}
         add("LayerCAM final (relu W)", [minmax(m) for m in layer_maps["blocks.6"]])
@@ -541,6 +580,19 @@ def part_one(args, items, taus) -> list[Variant]:
         variants.append(Variant(f"{name} minmax, τ re-chosen", [minmax(m) for m in mapped], boxes, corr,
                                 torch.tensor(taus, dtype=torch.float32)))
         print(f"  swept {name}", flush=True)
+    if len(args.models) > 1:  # ensembles: min-max maps averaged, probabilities averaged
+        mapped = {name: [minmax(m) for m in upsample(per_model[name][0]["cam"], per_model[name][1])]
+                  for name in args.models}
+        combos = [args.models[:1] + args.models[-1:]] + ([args.models] if len(args.models) > 2 else [])
+        for combo in combos:
+            probs = sum(per_model[name][0]["logits"].float().softmax(1) for name in combo)
+            corr = (probs.argmax(1) == torch.tensor(classes)).numpy()
+            label = "ensemble " + "+".join(combo)
+            maps = [minmax(sum(mapped[name][i] for name in combo)) for i in range(n)]
+            variants.append(Variant(label, maps, boxes, corr, torch.tensor(taus, dtype=torch.float32)))
+            seconds = sum(per_model[name][0]["seconds_forward"] for name in combo)
+            print(f"  swept {label}: top-1 cls {corr.mean():.3f}, forward {seconds:.1f} s = "
+                  f"{seconds / per_model['lite0'][0]['seconds_forward']:.1f}× lite0's", flush=True)
     print("\n# Part 1: map variants (IoU ≥ 0.5; MaxBoxAccV2 over δ 0.3/0.5/0.7; [95% bootstrap]; "
           "Δ = paired difference to the default)")
     report_variants(variants, taus, halves, args.bootstrap, fixed_tau)
@@ -563,7 +615,7 @@ def part_two(args, items, taus) -> None:
     print(f"\n# Part 2: box rules for trained models\nsynthetic: {len(synth['boxes'])} test scenes, "
           f"head accuracy {synth['accuracy']:.3f} (train {synth['train_accuracy']:.3f})")
     synth_maps = [minmax(m) for m in upsample(synth["cam"], synth["geometries"])]
-    rules = RULE_CANDIDATES
+    rules = RULE_CANDIDATES + ["li"]
     started = time.perf_counter()
     domains = {"real photos": rule_ious(real_maps, real_boxes, rules),
                "synthetic": rule_ious(synth_maps, synth["boxes"], rules)}
@@ -593,25 +645,30 @@ def part_two(args, items, taus) -> None:
         print(f"max-min rule chosen on half {'AB'[h]}: {chosen} (worst case there {worst[chosen][h]:.3f}, "
               f"on half {'AB'[other]} {worst[chosen][other]:.3f})")
 
-    print("\n## choose_box_rule stability: n boxed images drawn from half A, chosen rule scored on half B "
-          f"({args.chooser_draws} draws; oracle = best rule on half B)")
-    print(f"{'domain':>12s} {'n':>3s}  {'mean B':>6s}  {'5th pct':>7s}  {'oracle B':>8s}  {'default τ.25 B':>14s}"
-          f"  {'otsu2 B':>7s}  most frequent picks")
+    print("\n## choose_box_rule stability: n boxed images drawn from one half, the chosen rule scored on the "
+          f"other half ({args.chooser_draws} draws each way; oracle = the best rule on the scoring half)")
+    print(f"{'domain':>12s} {'candidates':>10s} {'n':>3s}  {'mean':>6s}  {'5th pct':>7s}  {'oracle':>6s}  "
+          f"{'τ 0.25':>6s}  {'otsu':>6s}  {'otsu2':>6s}  most frequent picks")
     rng = np.random.default_rng(3)
-    for d, ious in domains.items():
-        a, b = halves[d]
-        on_b = (ious[b] >= IOU).mean(0)
-        for count in (10, 25, 50):
-            scores, picks = [], Counter()
-            for _ in range(args.chooser_draws):
-                sample = rng.choice(a, size=min(count, len(a)), replace=False)
-                rule = pick_rule(ious[sample], rules)
-                picks[rule] += 1
-                scores.append(on_b[rules.index(rule)])
-            common = ", ".join(f"{r} {c / args.chooser_draws:.0%}" for r, c in picks.most_common(3))
-            print(f"{d:>12s} {count:3d}  {np.mean(scores):6.3f}  {np.percentile(scores, 5):7.3f}  "
-                  f"{on_b.max():8.3f}  {on_b[rules.index('0.25')]:14.3f}  {on_b[rules.index('otsu2')]:7.3f}  {common}",
-                  flush=True)
+    everything = RULE_CANDIDATES + ["li"]
+    for d, all_ious in domains.items():
+        for label, rules in (("all", RULE_CANDIDATES), ("shortlist", SHORTLIST)):
+            ious = all_ious[:, [everything.index(r) for r in rules]]
+            for count in (10, 25, 50):
+                scores, picks, fixed = [], Counter(), []
+                for source, target in (halves[d], halves[d][::-1]):
+                    on_target = (ious[target] >= IOU).mean(0)
+                    fixed.append(on_target)
+                    for _ in range(args.chooser_draws):
+                        sample = rng.choice(source, size=min(count, len(source)), replace=False)
+                        rule = pick_rule(ious[sample], rules)
+                        picks[rule] += 1
+                        scores.append(on_target[rules.index(rule)])
+                on = np.mean(fixed, 0)  # each rule's mean over the two scoring halves
+                common = ", ".join(f"{r} {c / sum(picks.values()):.0%}" for r, c in picks.most_common(3))
+                print(f"{d:>12s} {label:>10s} {count:3d}  {np.mean(scores):6.3f}  {np.percentile(scores, 5):7.3f}  "
+                      f"{np.mean([f.max() for f in fixed]):6.3f}  {on[rules.index('0.25')]:6.3f}  "
+                      f"{on[rules.index('otsu')]:6.3f}  {on[rules.index('otsu2')]:6.3f}  {common}", flush=True)
 
 
 def main() -> None:
