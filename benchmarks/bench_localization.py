@@ -20,8 +20,9 @@ Reports each rule per domain and half, the worst case over domains, and the stab
 other half).
 
 Forward passes (logits, raw maps at feature resolution, layer maps) are cached under
-``--cache``; a second run only replays the sweeps. Costs on 2 CPU cores: ~3 min for the
-forward passes of the three models and the synthetic set, ~6 min for the sweeps.
+``--cache`` (and part 2's per-rule IoUs); a second run only replays the sweeps. On 2 shared CPU
+cores the first run took ~12 min (forward passes ~2 min, part 1 sweeps ~5 min, part 2 ~4 min).
+``--parts 1`` or ``--parts 2`` runs one part; ``--limit N`` the first N images (smoke test).
 """
 
 from __future__ import annotations
@@ -255,15 +256,16 @@ def pick_rule(ious: np.ndarray, rules: list[str], default: str | None = None, ma
 
 
 def choose_box_rule(normalized_maps: list[torch.Tensor], boxes: list[np.ndarray],
-                    candidates: list[str] | None = None, default: str = "otsu", margin: float = 0.0) -> str:
+                    candidates: list[str] | None = None, default: str | None = None, margin: float = 0.0) -> str:
     """Evidence-based box rule: given a few normalised maps (each ``(H, W)`` in [0, 1], the map
     of the image's true class) and their true boxes (``(m, 4)`` pixel edges), return the
     candidate rule whose largest-component box reaches IoU >= 0.5 on the most images (ties:
-    the higher mean IoU); ``default`` is kept unless a candidate beats it by more than
-    ``margin`` (a fraction of the images). Candidates: :data:`SHORTLIST` (fixed fractions
-    0.25/0.35/0.5/0.6, the mean, Otsu, Otsu²)."""
+    the higher mean IoU). Candidates: :data:`SHORTLIST` (fixed fractions 0.25/0.35/0.5/0.6,
+    the map's mean, Otsu, Otsu²); the full grid (:data:`RULE_CANDIDATES`) is less stable with
+    few images. With a ``default``, it is kept unless a candidate beats it by more than
+    ``margin`` (a fraction of the images): measured, this prior did not help (see part 2)."""
     candidates = list(candidates or SHORTLIST)
-    if default not in candidates:
+    if default is not None and default not in candidates:
         candidates.append(default)
     return pick_rule(rule_ious(normalized_maps, boxes, candidates), candidates, default, margin)
 
