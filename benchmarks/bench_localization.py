@@ -41,18 +41,11 @@ from PIL import Image, ImageDraw
 
 # ---- camloc internals used here: module paths may move with the refactor, fix them here only
 from camloc.boxes import otsu_level
-from camloc.evaluate import read_ground_truth, sweep_ious, sweep_thresholds
+from camloc.evaluate import read_ground_truth, sweep_ious
+from camloc.evaluate.metrics import sweep_thresholds
 from camloc.images import collect_images, load_image, maps_to_original, preprocess
-from camloc.models import (
-    TF_MEAN,
-    TF_STD,
-    adapt,
-    dilate_last_stage,
-    imagenet_class_names,
-    inference_mode,
-    load_model,
-    map_state_dict_by_order,
-)
+from camloc.models import TF_MEAN, TF_STD, adapt, dilate_last_stage, imagenet_class_names, inference_mode, load_model
+from camloc.models.torch_models import map_state_dict_by_order
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from make_shapes import texture  # noqa: E402  (the shapes generator's background texture)
