@@ -315,14 +315,28 @@ def evaluate(
     normalize: NormalizeOption = Normalization(DEFAULT_NORMALIZATION),
     all_components: AllComponentsOption = False,
     min_area: MinAreaOption = 0.0,
+    choose_rule: Annotated[bool, typer.Option(
+        "--choose-rule", rich_help_panel=BOXES, help="score the candidate box rules on these images and "
+        "name the one that localizes best")] = False,
+    save_rule: Annotated[bool, typer.Option(
+        "--save-rule", rich_help_panel=BOXES, help="with --choose-rule: store the chosen rule with the model "
+        "file (in a checkpoint, else in MODEL.json) so every door uses it")] = False,
     batch_size: BatchSizeOption = 16,
     workers: WorkersOption = None,
     amp: AmpOption = False,
 ) -> None:
-    """Measure localization against ground-truth boxes: top-1/GT-known loc, MaxBoxAccV2."""
+    """Measure localization against ground-truth boxes: top-1/GT-known loc, MaxBoxAccV2.
+
+    With --choose-rule, also choose the box rule from these boxed images (25 or more make a
+    stable choice) and, with --save-rule, store it with the model."""
     config = explain_config(method=method, layer=layer, policy=policy, input_size=input_size, flip=flip,
                             scales=scales, normalize=normalize, threshold=threshold,
                             all_components=all_components, min_area=min_area, amp=amp)
+    if save_rule and not choose_rule:
+        fail("--save-rule needs --choose-rule")
+    if save_rule and (model is None or not Path(model).is_file()):
+        fail("--save-rule stores the rule with a model file (--model CHECKPOINT or a .onnx/.keras file); "
+             "for the embedded and named models pass --threshold RULE")
     if not images.is_dir():
         fail(f"--images {images}: not a folder")
     if not boxes.exists():
@@ -337,6 +351,7 @@ def evaluate(
         check_out_dir(json_path.parent, "--json")
     adapter = load(model, weights, device, preprocess, dilate)
     from .evaluate.job import evaluate as run_eval
+    from .evaluate.rules import SHORTLIST
 
     progress = progress_bar("evaluating")
     task = progress.add_task("eval", total=None)
@@ -351,9 +366,12 @@ def evaluate(
 
     with progress:
         result = run_eval(adapter, images, boxes, config, batch_size=batch_size, workers=workers,
-                          max_pixels=max_pixels, on_start=on_start, on_image=on_image)
+                          max_pixels=max_pixels, rules=SHORTLIST if choose_rule else (),
+                          on_start=on_start, on_image=on_image)
     metrics = result.metrics()
     print_metrics(metrics)
+    if choose_rule:
+        metrics["box_rules"] = report_rules(result, model if save_rule else None)
     if json_path is not None:
         import json
 
@@ -365,6 +383,31 @@ def evaluate(
 
         written = write_report(result, out, adapter, config)
         say(f"report → {written['report']}", prefix="camloc: ")
+
+
+def report_rules(result: Any, save_to: str | None) -> dict[str, Any]:
+    """Score the candidate box rules, print them and the choice; store it with ``save_to``."""
+    import numpy as np
+
+    from .evaluate.rules import MIN_IMAGES, SHORTLIST, best_rule, score_rules
+
+    scores = score_rules(np.array([image.rule_ious for image in result.images]).reshape(-1, len(SHORTLIST)),
+                         SHORTLIST)
+    chosen = best_rule(scores)
+    print("box rules:     IoU>=0.5   mean IoU   (the map of the ground-truth class, largest box)")
+    for score in scores:
+        mark = "  <- chosen" if score is chosen else ""
+        print(f"  {_tau(score.rule):11s} {score.hits:8.4f} {score.mean_iou:10.4f}{mark}")
+    if len(result.images) < MIN_IMAGES:
+        say(f"{len(result.images)} boxed images: {MIN_IMAGES} or more make a stable choice", "yellow", "warning: ")
+    if save_to is not None:
+        from .models.registry import save_box_rule
+
+        written = save_box_rule(save_to, chosen.rule)
+        say(f"box rule {_tau(chosen.rule)} stored in {written}; every door uses it with --model {save_to}",
+            prefix="camloc: ")
+    return {"chosen": chosen.rule, "candidates": [
+        {"rule": s.rule, "hits": s.hits, "mean_iou": s.mean_iou} for s in scores]}
 
 
 def _tau(value: Any) -> str:

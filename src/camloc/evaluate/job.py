@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..boxes import box_iou
+from ..config import Threshold
 from ..dataset import batches
 from ..errors import CamlocError
 from ..images import DEFAULT_MAX_PIXELS, collect_images
@@ -38,6 +39,7 @@ from .metrics import (
     sweep_thresholds,
     working_resolution,
 )
+from .rules import rule_ious
 
 
 class GroundTruthSelection:
@@ -63,6 +65,7 @@ def evaluate(
     workers: int | None = 0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     step: float = SWEEP_STEP,
+    rules: Sequence[Threshold] = (),
     on_start: Callable[[int], None] | None = None,
     on_image: Callable[[str, str | None], None] | None = None,
 ) -> EvalResult:
@@ -70,7 +73,8 @@ def evaluate(
 
     ``config`` decides the explanation as for every door (its class selection aside: each
     image is explained for its ground-truth class); ``on_start(total)`` and
-    ``on_image(path, error)`` report progress.
+    ``on_image(path, error)`` report progress. ``rules``: box rules to score on each image
+    (:mod:`camloc.evaluate.rules`; ``EvalResult.images[i].rule_ious``).
     """
     started = time.perf_counter()
     config = config or ExplainConfig()
@@ -137,6 +141,7 @@ def evaluate(
             sweep = sweep_ious(*working_resolution(explanation.normalized[0], own), thresholds)
             box = explanation.boxes[0][0] if explanation.boxes[0] else None
             iou = float(box_iou([box], own).max()) if box is not None else 0.0
+            per_rule = rule_ious([explanation.normalized[0]], [own], rules)[0].tolist() if rules else []
             results.append(
                 ImageResult(
                     path=item.path,
@@ -148,6 +153,7 @@ def evaluate(
                     iou=iou,
                     top1_correct=predicted[0] in classes,
                     top5_correct=bool(set(predicted) & set(classes)),
+                    rule_ious=per_rule,
                 )
             )
             best_rows.append(sweep.best)

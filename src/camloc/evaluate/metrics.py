@@ -170,6 +170,7 @@ class ImageResult:
     iou: float  # its IoU with the boxes of that class
     top1_correct: bool
     top5_correct: bool
+    rule_ious: list[float] = field(default_factory=list)  # IoU of the box at each candidate rule
 
 
 @dataclass

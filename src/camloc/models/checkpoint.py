@@ -29,7 +29,13 @@ def load_checkpoint(path: str | os.PathLike) -> ClassifierAdapter:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file {path} not found")
-    try:  # weights only: a checkpoint holds tensors and plain values, never code to run
+    payload = read_payload(path)
+    return adapter_from_checkpoint(payload, path)
+
+
+def read_payload(path: Path) -> dict[str, Any]:
+    """The payload of a camloc checkpoint file (weights only: tensors and plain values)."""
+    try:
         with warnings.catch_warnings():  # torch's advice on pickles is not ours to print
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -39,7 +45,23 @@ def load_checkpoint(path: str | os.PathLike) -> ClassifierAdapter:
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{path} is not a camloc checkpoint (train one with `camloc train`, or "
                          "pass a plain weights file with --model NAME --weights PATH)")
-    return adapter_from_checkpoint(payload, path)
+    return payload
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a camloc checkpoint (not a plain weights file)."""
+    try:
+        read_payload(Path(path))
+    except ModelError:
+        return False
+    return True
+
+
+def store_checkpoint_rule(path: str | os.PathLike, rule: float | str | None) -> None:
+    """Rewrite the checkpoint at ``path`` with ``rule`` as its box rule (atomically)."""
+    payload = read_payload(Path(path))
+    payload["box_threshold"] = rule
+    save_atomic(payload, Path(path))
 
 
 def checkpoint_payload(network: nn.Module, architecture: str, head: str, class_names: Sequence[str],

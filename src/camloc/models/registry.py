@@ -11,6 +11,7 @@ one (a new format is one module with a loader plus one call). Names that are not
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import Threshold, parse_threshold
+from ..errors import ModelError
 from .adapter import IMAGENET_MEAN, IMAGENET_STD, ClassifierAdapter, adapt, resolve_device
-from .checkpoint import CHECKPOINT_SUFFIXES, load_checkpoint
+from .checkpoint import CHECKPOINT_SUFFIXES, is_checkpoint, load_checkpoint, store_checkpoint_rule
 from .dilation import dilate_last_stage
 from .keras import load_keras_model
 from .onnx import load_onnx_model
@@ -95,6 +98,7 @@ def load_model(
     >>> load_model("resnet18", weights="random").feature_layer
     'layer4'
     """
+    model_format = None
     if isinstance(model, nn.Module):
         adapter = adapt(model, class_names=class_names, input_size=input_size or 224,
                         mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD)
@@ -116,6 +120,49 @@ def load_model(
     if built_here and isinstance(adapter.model, nn.Module):
         adapter.model.eval()  # built here for inference (a module you pass keeps its mode)
         adapter.model.to(memory_format=torch.channels_last)  # and laid out as ``to`` does
+    if built_here and model is not None and model_format is not None:
+        rule = read_box_rule(model)
+        if rule is not None:
+            adapter.box_threshold = rule
     if device is not None:
         adapter.to(resolve_device(device))
     return adapter
+
+
+def rule_file(model: str | os.PathLike) -> Path:
+    """Where the box rule of a model file is kept when the file cannot hold it: ``MODEL.json``."""
+    return Path(f"{model}.json")
+
+
+def read_box_rule(model: str | os.PathLike) -> Threshold | None:
+    """The box rule stored beside a model file (``box_threshold`` in ``MODEL.json``), if any."""
+    meta = rule_file(model)
+    if not meta.is_file():
+        return None
+    try:
+        value = json.loads(meta.read_text(encoding="utf-8")).get("box_threshold")
+        return parse_threshold(value) if value is not None else None
+    except (OSError, ValueError, AttributeError) as error:
+        raise ModelError(f"cannot read the box rule in {meta}: {error}") from None
+
+
+def save_box_rule(model: str | os.PathLike, rule: Threshold) -> Path:
+    """Store ``rule`` with the model file ``model`` so every door uses it: inside a camloc
+    checkpoint, else as ``box_threshold`` in ``MODEL.json`` beside it (other keys kept).
+    Returns the file written."""
+    rule = parse_threshold(rule)
+    path = Path(model)
+    if not path.is_file():
+        raise ModelError(f"{model} is not a model file: a rule can be stored only with a checkpoint or a "
+                         "model file (use --threshold for the embedded and named models)")
+    model_format = format_of(path)
+    if model_format is not None and model_format.name == "checkpoint" and is_checkpoint(path):
+        store_checkpoint_rule(path, rule)
+        return path
+    meta = rule_file(path)
+    data = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
+    data["box_threshold"] = rule
+    temporary = meta.with_name(f".{meta.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, meta)
+    return meta
