@@ -2,8 +2,14 @@
 metadata, and the wheel installed alone (core only, no extras) into a new virtualenv, where
 `camloc info`, `camloc run` and `camloc eval` work offline on the photos the wheel bundles.
 
-Installing into a new venv takes about two minutes (most of it unpacking torch from pip's
-cache); set CAMLOC_SKIP_WHEEL_INSTALL=1 to skip that one test locally (CI never does).
+The pinned torch pair is the one part not installed by pip there: unpacking it from pip's
+cache takes minutes (5.5 GB with its CUDA libraries), so when the running environment has
+exactly the pinned torch and torchvision, their files and those of their own dependencies
+(nothing else) are hard-linked into the new venv, as `pip install torch==... torchvision==...`
+would have put them, and pinned by a constraints file so that pip never replaces them.
+Everything else (camloc and its other dependencies) pip installs from the wheel's metadata.
+Where hard links are not possible it installs the pinned pair for real. Set
+CAMLOC_SKIP_WHEEL_INSTALL=1 to skip that one test locally (CI never does).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import sys
 import tarfile
 import zipfile
 from email.parser import Parser
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -130,18 +137,77 @@ def test_version_is_one_source():
     assert camloc.__version__ in done.stdout
 
 
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def torch_closure() -> dict[str, metadata.Distribution]:
+    """torch, torchvision and what they require (markers evaluated here, no extras)."""
+    from packaging.requirements import Requirement
+
+    found: dict[str, metadata.Distribution] = {}
+    todo = ["torch", "torchvision"]
+    while todo:
+        name = canonical(todo.pop())
+        if name in found:
+            continue
+        found[name] = metadata.distribution(name)
+        for line in found[name].requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return found
+
+
+def link_pinned_torch(site_packages: Path) -> list[str] | None:
+    """Hard-link the running environment's pinned torch pair and its dependencies into
+    ``site_packages``; returns their ``name==version`` constraints, or None where the running
+    environment has other versions or hard links fail (then pip installs them)."""
+    try:
+        if [f"torch=={metadata.version('torch')}", f"torchvision=={metadata.version('torchvision')}"] != TORCH_PINS:
+            return None
+        dists = torch_closure()
+    except metadata.PackageNotFoundError:
+        return None
+    made: list[Path] = []
+    try:
+        for dist in dists.values():
+            tops = {Path(str(f)).parts[0] for f in dist.files or []}
+            for top in sorted(tops - {"..", "__pycache__"}):  # the .pyc inside packages come along
+                source, target = Path(dist.locate_file(top)), site_packages / top
+                if target.exists() or not source.exists():
+                    continue
+                made.append(target)
+                if source.is_dir():
+                    shutil.copytree(source, target, copy_function=os.link)  # with the compiled .pyc
+                else:
+                    os.link(source, target)
+    except OSError:  # e.g. another file system: undo, pip installs the pair instead
+        for target in made:
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        return None
+    return [f"{dist.metadata['Name']}=={dist.version}" for dist in dists.values()]
+
+
 @pytest.mark.timeout(1200)
 @pytest.mark.skipif(os.environ.get("CAMLOC_SKIP_WHEEL_INSTALL") == "1" and os.environ.get("CI") != "true",
                     reason="CAMLOC_SKIP_WHEEL_INSTALL=1")
 def test_wheel_alone_in_a_new_venv(dists, tmp_path):
-    """Core install from the wheel (pinned torch from pip's cache), then the commands, offline."""
+    """Core install from the wheel (next to the pinned torch pair), then the commands, offline."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python, command = venv / "bin" / "python", venv / "bin" / "camloc"
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip>=25.1"], check=True, timeout=300)
+    [site_packages] = (venv / "lib").glob("python3*/site-packages")
+    linked = link_pinned_torch(site_packages)
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("\n".join(linked or TORCH_PINS) + "\n")
     install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                              *TORCH_PINS, str(dists["wheel"])], capture_output=True, text=True, timeout=1000)
+                              "-c", str(constraints), *TORCH_PINS, str(dists["wheel"])],
+                             capture_output=True, text=True, timeout=1000)
     assert install.returncode == 0, install.stderr[-3000:]
+    check = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr
     installed = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], capture_output=True,
                                text=True, check=True).stdout
     names = {p["name"].lower() for p in json.loads(installed)}
