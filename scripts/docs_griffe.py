@@ -10,6 +10,7 @@ import griffe
 def fence_doctests(text: str) -> str:
     out: list[str] = []
     in_fence = in_doctest = False
+    indent = ""
     for line in text.splitlines():
         stripped = line.strip()
         if in_doctest and not stripped:
