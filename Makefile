@@ -46,7 +46,7 @@ test: $(VENV)/.test
 	$(PY) -m pytest -q
 
 docs: $(VENV)/.docs
-	$(VENV)/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check src tests benchmarks
