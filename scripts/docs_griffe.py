@@ -1,10 +1,15 @@
 """Griffe extension for the API reference (mkdocs.yml): the bare doctest blocks of camloc's
 docstrings (``>>>`` lines and their output, up to a blank line) become ``pycon`` code blocks,
-so they render as code and their brackets are not read as Markdown links."""
+so they render as code and their brackets are not read as Markdown links; Sphinx roles
+(``:func:`name```) become plain code spans."""
 
 from __future__ import annotations
 
+import re
+
 import griffe
+
+ROLE = re.compile(r":(?:py:)?(?:func|meth|class|attr|mod|data|obj|exc):(`[^`]+`)")
 
 
 def fence_doctests(text: str) -> str:
@@ -22,7 +27,7 @@ def fence_doctests(text: str) -> str:
             indent = line[: len(line) - len(line.lstrip())]
             out.append(indent + "```pycon")
             in_doctest = True
-        out.append(line)
+        out.append(line if in_fence or in_doctest else ROLE.sub(r"\1", line))
     if in_doctest:
         out.append(indent + "```")
     return "\n".join(out)
