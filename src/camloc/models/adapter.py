@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..classnames import imagenet_class_names
 from ..errors import ClassError, ModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -352,13 +353,6 @@ def _arg(args, kwargs, position, name, default=None):
 
 
 # --------------------------------------------------------------------------- loading
-
-
-def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet class names, in index order (offline, from torchvision)."""
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
-
-    return list(_IMAGENET_CATEGORIES)
 
 
 def adapt(
