@@ -339,3 +339,29 @@ def test_camloc_run_exports_every_format_with_masks(tmp_path):
     assert again.returncode == 0, again.stderr
     copy = json.loads((tmp_path / "again" / "coco.json").read_text())
     assert copy["annotations"] == coco.dataset["annotations"]
+
+
+# --------------------------------------------------------------------------- camloc eval: COCO AP
+
+
+def test_eval_reports_coco_ap_of_the_ground_truth_class_boxes(colour_model, tmp_path):
+    from camloc.evaluate import evaluate
+    from camloc.evaluate.coco_ap import coco_ap
+
+    draw_scenes(tmp_path / "images")
+    rows = ["image,label,xmin,ymin,xmax,ymax"]
+    rows += [f"{name},{label},{x0},{y0},{x1},{y1}" for name, objects in SCENES.items()
+             for label, (x0, y0, x1, y1) in objects]
+    (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
+    result = evaluate(colour_model, tmp_path / "images", tmp_path / "boxes.csv", ExplainConfig(input_size=64))
+    metrics = result.metrics()
+    assert metrics["gt_known_loc"] == 1.0
+    assert metrics["coco_ap50"] == 1.0 and metrics["coco_ap75"] == 1.0
+    assert 0.7 <= metrics["coco_ap"] < 1.0  # IoU 0.85-0.95 are not all met at 16x16 resolution
+    # a box that misses, scored above all others, costs precision; no detections at all: AP 0
+    first = result.images[0]
+    x0, y0, x1, y1 = first.gt_boxes[0]
+    wrong = [int(x1), int(y1), int(x1) + 5, int(y1) + 5]
+    worse = coco_ap([*result.images[1:], type(first)(**{**first.__dict__, "boxes": [wrong], "score": 1.0})])
+    assert worse["coco_ap50"] < 1.0
+    assert coco_ap([type(first)(**{**first.__dict__, "boxes": []})])["coco_ap"] == 0.0

@@ -438,6 +438,11 @@ def print_metrics(metrics: dict) -> None:
           f"with unknown labels, {counts['unreadable']} unreadable)")
     for key in ("top1_cls", "top5_cls", "top1_loc", "gt_known_loc", "maxboxacc_v2"):
         print(f"{key + ':':14s} {metrics[key]:.4f}")
+    if metrics.get("coco_ap") is not None:
+        print(f"coco AP:       {metrics['coco_ap']:.4f} (AP50 {metrics['coco_ap50']:.4f}, "
+              f"AP75 {metrics['coco_ap75']:.4f}; boxes of the ground-truth class, scored by its probability)")
+    else:
+        print("coco AP:       n/a (needs pycocotools: pip install 'camloc[export]')")
     per_iou = ", ".join(f"δ={d}: {v:.4f} (τ={metrics['maxboxacc_v2_best_tau'][d]:g})"
                         for d, v in metrics["maxboxacc_v2_per_iou"].items())
     print(f"  per IoU:     {per_iou}")

@@ -170,6 +170,9 @@ class ImageResult:
     iou: float  # its IoU with the boxes of that class
     top1_correct: bool
     top5_correct: bool
+    boxes: list[list[int]] = field(default_factory=list)  # all of camloc's boxes of that map (COCO AP)
+    score: float = 0.0  # the model's probability of the ground-truth class (COCO AP)
+    gt_box_classes: list[int] = field(default_factory=list)  # the class of each ground-truth box
 
 
 @dataclass
@@ -220,7 +223,10 @@ class EvalResult:
         curves = self.curves()
         best_index = int(np.argmax(curves["gt_known_loc"]))
         box = max_box_acc(self.best_ious, self.thresholds)
+        from .coco_ap import coco_ap
+
         return {
+            **coco_ap(self.images),
             "top1_cls": float(top1.mean()),
             "top5_cls": float(np.mean([r.top5_correct for r in self.images])),
             "top1_loc": float((located & top1).mean()),
