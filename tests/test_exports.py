@@ -365,3 +365,36 @@ def test_eval_reports_coco_ap_of_the_ground_truth_class_boxes(colour_model, tmp_
     worse = coco_ap([*result.images[1:], type(first)(**{**first.__dict__, "boxes": [wrong], "score": 1.0})])
     assert worse["coco_ap50"] < 1.0
     assert coco_ap([type(first)(**{**first.__dict__, "boxes": []})])["coco_ap"] == 0.0
+
+
+# --------------------------------------------------------------------------- docstrings, layering
+
+
+@pytest.mark.parametrize("name", ["camloc.exports.registry", "camloc.exports.coco", "camloc.exports.yolo",
+                                  "camloc.exports.voc", "camloc.exports.labelstudio", "camloc.exports.masks",
+                                  "camloc.jobs.exporting", "camloc.evaluate.coco_ap"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_exports_import_only_lower_layers():
+    """exports sit above render and below jobs/evaluate/cli: they never import those (not
+    even inside functions), and importing them loads no torch (camloc convert stays light)."""
+    import ast
+    import sys
+
+    folder = Path(camloc.__file__).parent / "exports"
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                target = (node.module or "").split(".")[0]
+                top = target if node.level == 2 else "exports"
+                assert top not in {"jobs", "evaluate", "train", "serve", "cli"}, (path.name, node.module)
+    probe = ("import sys, camloc.exports, camloc.exports.coco; "
+             "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
