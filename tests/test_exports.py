@@ -398,3 +398,34 @@ def test_exports_import_only_lower_layers():
              "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_resumed_run_exports_every_image_of_its_results(colour_model, tmp_path):
+    draw_scenes(tmp_path / "images")
+    out = tmp_path / "out"
+    config = ExplainConfig(input_size=64)
+    first = run(colour_model, [tmp_path / "images" / "r1.png"], RunOptions(out=out, config=config, workers=0))
+    assert first.exports is None and not (out / "yolo").exists()
+    again = run(colour_model, [tmp_path / "images"], RunOptions(out=out, config=config, resume=True, workers=0,
+                                                                exports=ExportOptions(formats=("yolo",))))
+    assert again.skipped == 1 and again.done == 7  # the new ones; the export has all 8
+    assert sorted(p.stem for p in (out / "yolo" / "labels").iterdir()) == sorted(Path(n).stem for n in SCENES)
+    assert again.exports.images == 8 and len(again.exports.failed) == 1
+
+
+@pytest.mark.parametrize("rule", [0.6, "otsu", "otsu2"])
+def test_masks_follow_the_box_rule(rule):
+    from camloc.boxes import boxes_from_map
+    from camloc.exports.masks import component_masks
+
+    rng = np.random.default_rng(3)
+    import torch
+
+    heat = torch.nn.functional.interpolate(torch.from_numpy(rng.random((1, 1, 6, 8))).float(), size=(60, 80),
+                                           mode="bilinear")[0, 0]
+    heat = (heat - heat.min()) / (heat.max() - heat.min())
+    boxes = boxes_from_map(heat, rule, largest_only=False)
+    assert len(boxes) > 1
+    for box, mask in zip(boxes, component_masks(heat, rule, boxes), strict=True):
+        rows, columns = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        assert (columns[0], rows[0], columns[-1] + 1, rows[-1] + 1) == box
