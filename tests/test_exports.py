@@ -429,3 +429,37 @@ def test_masks_follow_the_box_rule(rule):
     for box, mask in zip(boxes, component_masks(heat, rule, boxes), strict=True):
         rows, columns = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         assert (columns[0], rows[0], columns[-1] + 1, rows[-1] + 1) == box
+
+
+def test_without_pycocotools_masks_are_one_line_naming_the_extra(tmp_path):
+    """A missing extra, as a user without it sees it (the module made unimportable)."""
+    import sys
+
+    script = ("import sys; sys.modules['pycocotools'] = None; from camloc.cli import main; "
+              f"sys.argv = ['camloc', 'run', {str(EXAMPLES / 'coffee.jpg')!r}, '--out', {str(tmp_path / 'o')!r}, "
+              "'--export', 'coco', '--masks']; main()")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: --masks needs the export extra: pip install 'camloc[export]'"
+
+
+def test_without_pycocotools_eval_says_ap_is_not_available(monkeypatch):
+    import sys
+
+    from camloc.cli import print_metrics
+    from camloc.evaluate.coco_ap import coco_ap
+    from camloc.evaluate.metrics import ImageResult
+
+    monkeypatch.setitem(sys.modules, "pycocotools.cocoeval", None)
+    image = ImageResult("a.png", "a.png", [0], [[0, 0, 10, 10]], [0], [0, 0, 10, 10], 1.0, True, True,
+                        boxes=[[0, 0, 10, 10]], score=0.9)
+    assert coco_ap([image]) == {"coco_ap": None, "coco_ap50": None, "coco_ap75": None}
+    metrics = {"counts": {"images": 1, "without_ground_truth": 0, "unknown_labels": 0, "unreadable": 0},
+               "num_images": 1, "top1_cls": 1.0, "top5_cls": 1.0, "top1_loc": 1.0, "gt_known_loc": 1.0,
+               "maxboxacc_v2": 1.0, "maxboxacc_v2_per_iou": {}, "maxboxacc_v2_best_tau": {}, "default_tau": 0.25,
+               "best_tau": 0.25, "top1_loc_at_best_tau": 1.0, "gt_known_loc_at_best_tau": 1.0,
+               **coco_ap([image])}
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        print_metrics(metrics)
+    assert "coco AP:       n/a (needs pycocotools: pip install 'camloc[export]')" in output.getvalue()

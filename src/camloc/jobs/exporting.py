@@ -18,7 +18,7 @@ images no longer in the run are removed, so an export always matches its results
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +49,7 @@ def link_atomic(path: Path, target: str) -> None:
     if path.is_symlink() and os.readlink(path) == target:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mktemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
         os.symlink(target, temporary)
     except OSError:
