@@ -23,6 +23,7 @@ import torch
 
 from ..boxes import box_iou, level_components, stack_components
 from ..errors import CamlocError
+from .coco_ap import coco_ap
 
 IOU_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)
 LOC_IOU = 0.5
@@ -223,8 +224,6 @@ class EvalResult:
         curves = self.curves()
         best_index = int(np.argmax(curves["gt_known_loc"]))
         box = max_box_acc(self.best_ious, self.thresholds)
-        from .coco_ap import coco_ap
-
         return {
             **coco_ap(self.images),
             "top1_cls": float(top1.mean()),
