@@ -147,11 +147,10 @@ def export_options(formats: str | None, masks: bool, labelstudio_url: str | None
     """``--export``/``--to``, ``--masks``, ``--labelstudio-url`` → the exports' options (checked)."""
     from .exports import ExportOptions
 
-    options = ExportOptions(formats=formats or (), masks=masks,
-                            **({"image_url": labelstudio_url} if labelstudio_url is not None else {}))
-    if masks and not options.formats:
-        fail("--masks needs --export coco")
-    return options
+    if masks and not formats:
+        fail("--masks needs --export coco (the masks are COCO segmentation)")
+    return ExportOptions(formats=formats or (), masks=masks,
+                         **({"image_url": labelstudio_url} if labelstudio_url is not None else {}))
 
 
 def explain_config(*, topk: int = 1, rank: int | None = None, classes: list[str] | None = None,
