@@ -34,8 +34,8 @@ from .errors import CamlocError
 
 err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
-INPUTS, MODEL, METHOD, BOXES, LOOK, SPEED = (
-    "Inputs and outputs", "Model", "Method and views", "Boxes", "Rendering", "Performance")
+INPUTS, MODEL, METHOD, BOXES, LOOK, SPEED, EXPORTS = (
+    "Inputs and outputs", "Model", "Method and views", "Boxes", "Rendering", "Performance", "Detection exports")
 
 
 def _version(value: bool) -> None:
@@ -134,6 +134,23 @@ WorkersOption = Annotated[int | None, typer.Option("--workers", min=0, rich_help
 MaxPixelsOption = Annotated[int, typer.Option(
     "--max-pixels", min=1, rich_help_panel=INPUTS, help="refuse larger images (checked before decoding)")]
 DEFAULT_SCALES_TEXT = ",".join(f"{s:g}" for s in DEFAULT_SCALES)
+EXPORT_FORMATS_TEXT = "coco, yolo, voc, labelstudio"
+MasksOption = Annotated[bool, typer.Option(
+    "--masks", rich_help_panel=EXPORTS, help="COCO export: each box's thresholded region as RLE segmentation "
+    "(pip install 'camloc\\[export]')")]
+LabelStudioUrlOption = Annotated[str | None, typer.Option(
+    "--labelstudio-url", rich_help_panel=EXPORTS, help="prefix of the image URLs in labelstudio.json, before "
+    "each image's path relative to the images' common folder (default: /data/local-files/?d=)")]
+
+
+def export_options(formats: str | None, masks: bool, labelstudio_url: str | None):
+    """``--export``/``--to``, ``--masks``, ``--labelstudio-url`` → the exports' options (checked)."""
+    from .exports import ExportOptions
+
+    if masks and not formats:
+        fail("--masks needs --export coco (the masks are COCO segmentation)")
+    return ExportOptions(formats=formats or (), masks=masks,
+                         **({"image_url": labelstudio_url} if labelstudio_url is not None else {}))
 
 
 def explain_config(*, topk: int = 1, rank: int | None = None, classes: list[str] | None = None,
@@ -230,8 +247,13 @@ def run(
     ray_address: Annotated[str | None, typer.Option("--ray-address", rich_help_panel=SPEED, help=(
         "with --engine ray: a running cluster ('auto', 'ray://head:10001'); default: a local Ray"))
     ] = None,
+    export: Annotated[str | None, typer.Option(
+        "--export", rich_help_panel=EXPORTS, help=f"also export the boxes for detectors, comma-separated: "
+        f"{EXPORT_FORMATS_TEXT} (coco.json, yolo/, voc/, labelstudio.json in --out)")] = None,
+    masks: MasksOption = False,
+    labelstudio_url: LabelStudioUrlOption = None,
 ) -> None:
-    """Explain images: overlays, boxes and results.jsonl in --out."""
+    """Explain images: overlays, boxes and results.jsonl in --out (and detection exports with --export)."""
     if not inputs:
         fail("camloc run needs at least one image, folder or glob pattern (camloc run --help)")
     if ray_address and engine is not Engine.ray:
@@ -239,14 +261,18 @@ def run(
     config = explain_config(topk=topk, rank=rank, classes=classes, method=method, layer=layer, policy=policy,
                             input_size=input_size, flip=flip, scales=scales, normalize=normalize,
                             threshold=threshold, all_components=all_components, min_area=min_area, amp=amp)
+    exports = export_options(export, masks, labelstudio_url)
     if engine is Engine.ray:
         need("ray", "ray", "--engine ray")
+    if masks:
+        need("pycocotools", "export", "--masks")
     from .jobs.files import check_out_dir
     from .jobs.local import OutputOptions, RunOptions
 
     options = RunOptions(out=out, config=config, outputs=OutputOptions(
         colormap=colormap, alpha=alpha, image_format=image_format.value, panels=panels, grid=grid,
-        save_maps=save_maps), batch_size=batch_size, workers=workers, resume=resume, max_pixels=max_pixels)
+        save_maps=save_maps), batch_size=batch_size, workers=workers, resume=resume, max_pixels=max_pixels,
+        exports=exports)
     check_out_dir(out)
     adapter = load(model, weights, "cpu" if engine is Engine.ray else device, preprocess, dilate)
     progress = progress_bar("explaining")
@@ -283,8 +309,40 @@ def run(
             "run the same command with --resume to continue", "yellow", "camloc: ")
         raise typer.Exit(130) from None
     say(f"{summary.line()} → {out / 'results.jsonl'}", prefix="camloc: ")
+    if summary.exports is not None:
+        say(summary.exports.line(), prefix="camloc: ")
     if summary.failed:
         raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- convert
+
+
+@app.command()
+def convert(
+    run_dir: Annotated[Path | None, typer.Argument(
+        help="the --out folder of a finished camloc run (its results.jsonl)", show_default=False)] = None,
+    to: Annotated[str | None, typer.Option(
+        "--to", "-t", rich_help_panel=EXPORTS, help=f"formats, comma-separated: {EXPORT_FORMATS_TEXT}")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", rich_help_panel=INPUTS, help="write the exports here (default: the run's folder)")] = None,
+    masks: Annotated[bool, typer.Option(
+        "--masks", rich_help_panel=EXPORTS, help="COCO segmentation from the masks the run stored (they are made "
+        "from the maps during camloc run --export coco --masks, not here)")] = False,
+    labelstudio_url: LabelStudioUrlOption = None,
+) -> None:
+    """Export a finished run's boxes (results.jsonl) as COCO, YOLO, VOC or Label Studio, without rerunning it."""
+    if run_dir is None:
+        fail("camloc convert needs the --out folder of a camloc run (camloc convert --help)")
+    if not to:
+        fail(f"camloc convert needs --to with one or more of {EXPORT_FORMATS_TEXT}")
+    options = export_options(to, masks, labelstudio_url)
+    from .jobs.exporting import convert as convert_run
+
+    report = convert_run(run_dir, options.formats, out, masks=options.masks, image_url=options.image_url)
+    for error in report.failed:
+        say("left out " + error, "yellow", "warning: ")
+    say(report.line(), prefix="camloc: ")
 
 
 # --------------------------------------------------------------------------- eval
@@ -422,6 +480,11 @@ def print_metrics(metrics: dict) -> None:
           f"with unknown labels, {counts['unreadable']} unreadable)")
     for key in ("top1_cls", "top5_cls", "top1_loc", "gt_known_loc", "maxboxacc_v2"):
         print(f"{key + ':':14s} {metrics[key]:.4f}")
+    if metrics.get("coco_ap") is not None:
+        print(f"coco AP:       {metrics['coco_ap']:.4f} (AP50 {metrics['coco_ap50']:.4f}, "
+              f"AP75 {metrics['coco_ap75']:.4f}; boxes of the ground-truth class, scored by its probability)")
+    else:
+        print("coco AP:       n/a (needs pycocotools: pip install 'camloc[export]')")
     per_iou = ", ".join(f"δ={d}: {v:.4f} (τ={metrics['maxboxacc_v2_best_tau'][d]:g})"
                         for d, v in metrics["maxboxacc_v2_per_iou"].items())
     print(f"  per IoU:     {per_iou}")

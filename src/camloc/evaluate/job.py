@@ -154,6 +154,9 @@ def evaluate(
                     top1_correct=predicted[0] in classes,
                     top5_correct=bool(set(predicted) & set(classes)),
                     rule_ious=per_rule,
+                    boxes=[list(b) for b in explanation.boxes[0]],
+                    score=float(explanation.targets[0].score),
+                    gt_box_classes=box_classes,
                 )
             )
             best_rows.append(sweep.best)

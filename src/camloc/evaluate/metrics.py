@@ -23,6 +23,7 @@ import torch
 
 from ..boxes import box_iou, level_components, stack_components
 from ..errors import CamlocError
+from .coco_ap import coco_ap
 
 IOU_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)
 LOC_IOU = 0.5
@@ -171,6 +172,9 @@ class ImageResult:
     top1_correct: bool
     top5_correct: bool
     rule_ious: list[float] = field(default_factory=list)  # IoU of the box at each candidate rule
+    boxes: list[list[int]] = field(default_factory=list)  # all of camloc's boxes of that map (COCO AP)
+    score: float = 0.0  # the model's probability of the ground-truth class (COCO AP)
+    gt_box_classes: list[int] = field(default_factory=list)  # the class of each ground-truth box
 
 
 @dataclass
@@ -223,6 +227,7 @@ class EvalResult:
         best_index = int(np.argmax(curves["gt_known_loc"]))
         box = max_box_acc(self.best_ious, self.thresholds)
         return {
+            **coco_ap(self.images),
             "top1_cls": float(top1.mean()),
             "top5_cls": float(np.mean([r.top5_correct for r in self.images])),
             "top1_loc": float((located & top1).mean()),

@@ -153,6 +153,12 @@ def report_markdown(
             "value": metrics["gt_known_loc_at_best_tau"],
         },
         {"metric": "mean IoU of the box", "value": metrics["mean_iou"]},
+        *(
+            {"metric": name, "value": metrics[key]}
+            for name, key in (("COCO AP (IoU 0.5:0.95)", "coco_ap"), ("COCO AP50", "coco_ap50"),
+                              ("COCO AP75", "coco_ap75"))
+            if metrics.get(key) is not None
+        ),
     ]
     settings = "\n".join(f"- {key}: `{value}`" for key, value in metrics["settings"].items())
     counts = "\n".join(
@@ -168,7 +174,9 @@ def report_markdown(
 Localization counts an image when the box of the map of its ground-truth class has IoU ≥ 0.5
 with a ground-truth box of that class (top-1 loc: and the top-1 class is right). MaxBoxAccV2
 (Choe et al., CVPR 2020): for each δ, the best over τ of the fraction of images for which some
-box of some connected component of the thresholded map has IoU ≥ δ.
+box of some connected component of the thresholded map has IoU ≥ δ. COCO AP (pycocotools'
+COCOeval): camloc's boxes of the map of the ground-truth class, scored by the model's
+probability of that class, against the ground-truth boxes of that class.
 
 ![metrics against τ](curves.png)
 

@@ -32,11 +32,14 @@ import torch
 from PIL import Image
 
 from .. import render
+from ..config import Threshold
 from ..dataset import Item, batches
 from ..errors import CamlocError
+from ..exports import ExportOptions
 from ..images import DEFAULT_MAX_PIXELS, collect_images
 from ..models import ClassifierAdapter
 from ..pipeline import ExplainConfig, Explanation, MethodOutput, Pipeline
+from .exporting import ExportReport, write_exports
 from .files import (
     RESULTS_FILE,
     OutputLock,
@@ -46,6 +49,7 @@ from .files import (
     identity_key,
     output_stems,
     prepare_results,
+    read_results,
     save_array,
     save_image,
 )
@@ -77,8 +81,9 @@ class OutputOptions:
 @dataclass(frozen=True)
 class RunOptions:
     """A folder job: where it writes (``out``), what decides the answers (``config``), which
-    files it writes (``outputs``), and how it runs (batches, decoding workers, resume,
-    the pixel limit of inputs).
+    files it writes (``outputs``), which detection sets it exports at the end (``exports``:
+    COCO, YOLO, VOC, Label Studio, over every record of results.jsonl), and how it runs
+    (batches, decoding workers, resume, the pixel limit of inputs).
 
     >>> RunOptions.build(out="x", topk=3, panels=True).config.topk
     3
@@ -91,6 +96,7 @@ class RunOptions:
     workers: int | None = None  # decoding processes; None: automatic (0 for small runs)
     resume: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    exports: ExportOptions = ExportOptions()
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -121,6 +127,7 @@ class RunSummary:
     skipped: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    exports: ExportReport | None = None  # what --export wrote (failed images are left out)
 
     def count(self, record: dict[str, Any]) -> None:
         """Count one finished record (done, or failed with its error)."""
@@ -171,8 +178,9 @@ def write_outputs(
 
 
 def finish_item(item: Item, explanation: Explanation | None, stems: dict[str, str], out: Path,
-                options: OutputOptions) -> dict[str, Any]:
-    """One image's files and results.jsonl record (an error record when it failed)."""
+                options: OutputOptions, mask_rule: Threshold | None = None) -> dict[str, Any]:
+    """One image's files and results.jsonl record (an error record when it failed); with a
+    ``mask_rule`` (the box rule), each box's region as COCO RLE in ``cams[].masks``."""
     if item.error is not None or explanation is None:
         record = error_record(item.path, item.error or f"{item.path}: not processed")
     else:
@@ -181,10 +189,33 @@ def finish_item(item: Item, explanation: Explanation | None, stems: dict[str, st
             outputs = write_outputs(explanation, image, stems[item.path], out, options)
             record = explanation.to_record()
             record["outputs"] = outputs
+            if mask_rule is not None:
+                add_masks(record, explanation, mask_rule)
         except OSError as error:
             record = error_record(item.path, f"{item.path}: could not write outputs ({error})")
     record["file"] = file_identity(item.path)
     return record
+
+
+def add_masks(record: dict[str, Any], explanation: Explanation, rule: Threshold) -> None:
+    """Each box's thresholded region (COCO RLE) beside it in the record: ``cams[i].masks``."""
+    from ..exports.masks import explanation_masks
+
+    masks = explanation_masks(explanation.normalized, rule, explanation.boxes)
+    for cam, class_masks in zip(record["cams"], masks, strict=True):
+        cam["masks"] = class_masks
+
+
+def mask_rule_of(options: RunOptions, pipeline: Pipeline) -> Threshold | None:
+    """The box rule when the run exports masks, else ``None``."""
+    return pipeline.box_options.threshold if options.exports.masks else None
+
+
+def export_run(out: Path, options: RunOptions) -> ExportReport | None:
+    """The run's exports over every record of its results.jsonl (resumed runs included)."""
+    if not options.exports:
+        return None
+    return write_exports(read_results(out / RESULTS_FILE), out, options.exports)
 
 
 # --------------------------------------------------------------------------- the job
@@ -232,6 +263,10 @@ def run(
     """
     started = time.perf_counter()
     pipeline = Pipeline(model, options.config)  # bad classes, methods, layers fail before any work
+    if options.exports.masks:
+        from ..exports.masks import import_mask_api
+
+        import_mask_api()  # a missing extra fails before any work
     out = check_out_dir(options.out)
     with OutputLock(out):
         plan = plan_run(inputs, options)
@@ -255,11 +290,13 @@ def run(
                                  options.batch_size, options.workers):
                 explanations = explain_items(items, pipeline)
                 pending.append([writers.submit(_finish_lazy, item, explanations.get(item.index), plan.stems,
-                                               out, options.outputs) for item in items])
+                                               out, options.outputs, mask_rule_of(options, pipeline))
+                                for item in items])
                 while len(pending) > MAX_PENDING_BATCHES:
                     record(pending.popleft(), results)
             while pending:
                 record(pending.popleft(), results)
+        summary.exports = export_run(out, options)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -285,5 +322,5 @@ def explain_items(items: list[Item], pipeline: Pipeline) -> dict[int, Callable[[
 
 
 def _finish_lazy(item: Item, make: Callable[[], Explanation] | None, stems: dict[str, str], out: Path,
-                 options: OutputOptions) -> dict[str, Any]:
-    return finish_item(item, make() if make is not None else None, stems, out, options)
+                 options: OutputOptions, mask_rule: Threshold | None = None) -> dict[str, Any]:
+    return finish_item(item, make() if make is not None else None, stems, out, options, mask_rule)

@@ -49,7 +49,7 @@ from ..images import Geometry
 from ..models import ClassifierAdapter, resolve_device
 from ..pipeline import Pipeline
 from .files import RESULTS_FILE, OutputLock, check_out_dir
-from .local import RunOptions, RunSummary, finish_item, plan_run
+from .local import RunOptions, RunSummary, export_run, finish_item, mask_rule_of, plan_run
 
 INSTALL_HINT = "--engine ray needs Ray Data: pip install 'camloc[ray]'"
 
@@ -235,7 +235,8 @@ class ExplainBatch:
                                                     [item.geometry for item in good],
                                                     [item.path for item in good])
             explanations = {item.index: result for item, result in zip(good, results, strict=True)}
-        records = [finish_item(item, explanations.get(item.index), stems, self.out, self.options.outputs)
+        records = [finish_item(item, explanations.get(item.index), stems, self.out, self.options.outputs,
+                               mask_rule_of(self.options, self.pipeline))
                    for item in items]
         return {"record": np.array([json.dumps(record) for record in records], dtype=object)}
 
@@ -320,6 +321,7 @@ def run(
             finally:
                 if owns_ray:
                     ray.shutdown()
+        summary.exports = export_run(out, options)
     summary.seconds = time.perf_counter() - started
     return summary
 
