@@ -87,6 +87,8 @@ class RunOptions:
 
     >>> RunOptions.build(out="x", topk=3, panels=True).config.topk
     3
+    >>> RunOptions.build(out="x", formats="coco,yolo", masks=True).exports.formats
+    ('coco', 'yolo')
     """
 
     out: str | os.PathLike = "camloc-out"
@@ -106,8 +108,8 @@ class RunOptions:
 
     @classmethod
     def build(cls, **options: Any) -> RunOptions:
-        """Options by keyword, each routed to the config, the outputs or the job."""
-        groups: dict[type, dict[str, Any]] = {ExplainConfig: {}, OutputOptions: {}, cls: {}}
+        """Options by keyword, each routed to the config, the outputs, the exports or the job."""
+        groups: dict[type, dict[str, Any]] = {ExplainConfig: {}, OutputOptions: {}, ExportOptions: {}, cls: {}}
         for name, value in options.items():
             owner = next((kind for kind in groups if name in {f.name for f in dataclasses.fields(kind)}), None)
             if owner is None:
@@ -116,6 +118,7 @@ class RunOptions:
         job = groups[cls]
         job.setdefault("config", ExplainConfig(**groups[ExplainConfig]))
         job.setdefault("outputs", OutputOptions(**groups[OutputOptions]))
+        job.setdefault("exports", ExportOptions(**groups[ExportOptions]))
         return cls(**job)
 
 
