@@ -8,7 +8,7 @@ map ends at that resolution), same batch, top-1 class, last stage as target laye
 ``--batch 1 --size 32`` shows each implementation's fixed cost per call (hooks,
 bookkeeping, kernel launches), which is what a GPU's batch 32 mostly measures. Each map
 set is checked equal to camloc's after the same normalisation (ReLU, min-max) before the
-times are compared. Peers are a benchmark extra (`pip install camloc[peers]`), not
+times are compared. Peers are a benchmark extra (`pip install --group bench`), not
 run-time dependencies.
 """
 
