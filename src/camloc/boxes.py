@@ -324,4 +324,5 @@ def box_iou(boxes_a: Sequence[Sequence[float]], boxes_b: Sequence[Sequence[float
     area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
     area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
     union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    # no floor under the union: a box of tiny area has IoU 1 with itself, not area / 1e-12
+    return np.divide(inter, union, out=np.zeros_like(union), where=union > 0)
