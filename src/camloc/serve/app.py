@@ -44,6 +44,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -88,6 +89,20 @@ STATIC = resources.files("camloc") / "static"
 
 class ApiError(HTTPException):
     """A user error answered as ``{"error": message}`` with a 4xx status."""
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: one line saying what was wrong."""
+
+    error: str
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers a route gives (``{"error": "..."}``)."""
+    meaning = {400: "not an image, unknown class, colormap, method or policy", 413: "upload or image too large",
+               415: "not an accepted image type", 422: "a form field missing or out of range",
+               503: "too many requests waiting for the model (see Retry-After)"}
+    return {status: {"model": ErrorBody, "description": meaning[status]} for status in statuses}
 
 
 # --------------------------------------------------------------------------- options
@@ -495,7 +510,7 @@ def create_app(
         """The model's class names, in index order."""
         return model.class_names
 
-    @app.get("/api/colormaps/{name}")
+    @app.get("/api/colormaps/{name}", responses=error_responses(400, 422))
     def colormap(name: str) -> dict[str, Any]:
         """A matplotlib colormap as 256 ``[r, g, b]`` entries (the page blends with it)."""
         return {"name": name, "lut": render.colormap_lut(name).tolist()}
@@ -506,7 +521,7 @@ def create_app(
         return [{"name": path.stem, "url": f"/samples/{path.name}"}
                 for path in sample_files(samples_dir)]
 
-    @app.post(EXPLAIN_PATH, max_body_size=max_upload)
+    @app.post(EXPLAIN_PATH, max_body_size=max_upload, responses=error_responses(400, 413, 415, 422, 503))
     async def explain_upload(
         file: ImageUpload,
         topk: TopK = 1,
