@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch.nn.functional as F
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import BackgroundTasks, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -324,7 +324,8 @@ class Admission:
 
     ``async with admission.turn():`` waits (in the event loop, holding no thread) or raises
     :class:`ApiError` 503 with a ``Retry-After`` estimated from recent requests when the
-    queue is full. When the last request leaves, freed memory goes back to the kernel
+    queue is full. When the last request leaves (and again once its answer is sent, see
+    :meth:`release_if_idle`), freed memory goes back to the kernel
     (:func:`camloc.allocator.release_memory`), so a large request does not leave the process
     larger.
     """
@@ -368,8 +369,18 @@ class Admission:
             self.active -= 1
             slots.release()
             self.seconds = 0.8 * self.seconds + 0.2 * (time.monotonic() - started)
-            if self.active == 0 and self.waiting == 0:
+            if self.idle:
                 await run_in_threadpool(release_memory)
+
+    @property
+    def idle(self) -> bool:
+        return self.active == 0 and self.waiting == 0
+
+    def release_if_idle(self) -> None:
+        """After an answer is sent (its JSON, megabytes of base64, is built after the turn):
+        freed memory back to the kernel when no other request is at work or waiting."""
+        if self.idle:
+            release_memory()
 
 
 class UploadLimit:
@@ -523,6 +534,7 @@ def create_app(
 
     @app.post(EXPLAIN_PATH, max_body_size=max_upload, responses=error_responses(400, 413, 415, 422, 503))
     async def explain_upload(
+        background: BackgroundTasks,
         file: ImageUpload,
         topk: TopK = 1,
         class_: Classes = None,
@@ -548,6 +560,7 @@ def create_app(
                 raise ApiError(422, f"threshold: {error}") from None
         render.colormap_lut(colormap)  # unknown colormap → 400 before any work
         name = Path(file.filename or "upload").name
+        background.add_task(admission.release_if_idle)  # runs once the answer is sent
         async with admission.turn():  # the upload waits spooled (on disk over 1 MB), not in memory
             data = await file.read()
             image = await run_in_threadpool(decode_upload, data, name, file.content_type, max_pixels)
