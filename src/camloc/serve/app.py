@@ -17,7 +17,7 @@ original resolution a band of rows at a time).
 ...     upload = {"file": ("coffee.jpg", photo, "image/jpeg")}
 ...     body = client.post("/api/explain", files=upload).json()
 >>> body["predictions"][0]["label"], body["cams"][0]["boxes"][0]
-('espresso', [77, 0, 478, 355])
+('espresso', [104, 27, 489, 341])
 """
 
 from __future__ import annotations
