@@ -216,3 +216,40 @@ def test_security_headers_on_every_answer(monkeypatch):
     csp = SECURITY_HEADERS["content-security-policy"]
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "img-src 'self' data: blob:" in csp
     assert "unsafe-inline" not in csp and "http" not in csp
+
+
+def test_503_with_retry_after_over_http(monkeypatch):
+    """One worker, no queue: a second explain request while the first is at work is refused
+    at once with 503, ``Retry-After`` and the security headers; health still answers."""
+    import threading
+    import time
+
+    import httpx
+    from serve_helpers import live_server
+
+    import camloc.serve.app
+
+    decode = camloc.serve.app.decode_upload
+    started = threading.Event()
+
+    def slow_decode(*args):
+        started.set()
+        time.sleep(1.5)
+        return decode(*args)
+
+    monkeypatch.setattr(camloc.serve.app, "decode_upload", slow_decode)
+    app = create_app(camloc.load_model("resnet18", weights="random", device="cpu"), workers=1, max_queue=0)
+    photo = {"file": ("c.jpg", (EXAMPLES / "coffee.jpg").read_bytes(), "image/jpeg")}
+    with live_server(app) as url:
+        first: list[httpx.Response] = []
+        worker = threading.Thread(target=lambda: first.append(httpx.post(f"{url}/api/explain", files=photo,
+                                                                          timeout=60)))
+        worker.start()
+        assert started.wait(30)
+        refused = httpx.post(f"{url}/api/explain", files=photo, timeout=60)
+        assert httpx.get(f"{url}/api/health", timeout=1).status_code == 200
+        worker.join(60)
+    assert first[0].status_code == 200
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"].startswith("server busy: ")
+    assert refused.headers["x-content-type-options"] == "nosniff"
