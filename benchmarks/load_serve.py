@@ -8,6 +8,15 @@ an error too (it would mean concurrent requests got mixed up).
     python benchmarks/load_serve.py                      # starts `camloc serve` itself
     python benchmarks/load_serve.py --requests 200 --concurrency 8
     python benchmarks/load_serve.py --url http://127.0.0.1:8000   # an already running server
+    python benchmarks/load_serve.py --mixed --requests 96 --concurrency 8,32   # adversarial mix
+
+``--mixed``: normal photos among adversarial requests (a 120 KB PNG of 6000x6000 pixels with
+topk=20, 20 classes on a 1000x1000 PNG with max_side=0, a 4000x3000 PNG with max_side=0,
+random bytes, a truncated JPEG, a PNG header claiming 2000 megapixels), each kind with the
+status it must get; reports p50/p95 latency per kind, answers by status, the health probe's
+worst latency (must stay under 1 s) and the server's resident memory (``VmRSS`` of its
+process, sampled every 50 ms) idle before, at its peak during, and after each load (must
+come back within 20% of idle).
 
 Exit status 1 when any request failed. Stops by itself: a fixed number of requests, each
 with a timeout.
@@ -17,12 +26,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
+import random
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import time
+import zlib
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +59,8 @@ class LoadReport:
     def error_count(self) -> int:
         return len(self.errors)
 
-    def percentile(self, values: list[float], q: float) -> float:
+    @staticmethod
+    def percentile(values: list[float], q: float) -> float:
         if not values:
             return float("nan")
         if len(values) == 1:
@@ -132,6 +147,13 @@ def free_port() -> int:
 @contextmanager
 def camloc_server(extra_args: list[str], startup_timeout: float = 180.0):
     """``camloc serve`` on a free port of 127.0.0.1 in a subprocess; yields its URL."""
+    with camloc_server_process(extra_args, startup_timeout) as (url, _process):
+        yield url
+
+
+@contextmanager
+def camloc_server_process(extra_args: list[str], startup_timeout: float = 180.0):
+    """``camloc serve`` on a free port of 127.0.0.1 in a subprocess; yields ``(URL, process)``."""
     port = free_port()
     command = [sys.executable, "-m", "camloc.cli", "serve", "--port", str(port), *extra_args]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -150,7 +172,7 @@ def camloc_server(extra_args: list[str], startup_timeout: float = 180.0):
             if time.monotonic() > deadline:
                 raise SystemExit("camloc serve did not start in time")
             time.sleep(0.25)
-        yield url
+        yield url, server
     finally:
         server.terminate()
         try:
@@ -159,20 +181,186 @@ def camloc_server(extra_args: list[str], startup_timeout: float = 180.0):
             server.kill()
 
 
+# --------------------------------------------------------------------------- the adversarial mix
+
+
+def _png(width: int, height: int, color=(120, 90, 60)) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of request of the mix: its upload, form fields, the statuses it may get, weight."""
+
+    name: str
+    data: bytes
+    form: dict
+    expected: tuple[int, ...]
+    weight: int
+
+
+def mixed_kinds(images: list[Path]) -> list[Kind]:
+    photo = images[0].read_bytes()
+    rng = random.Random(0)
+    return [
+        Kind("photo topk=5", photo, {"topk": "5"}, (200,), 12),
+        Kind("6000x6000 PNG topk=20", _png(6000, 6000), {"topk": "20", "overlay": "false"}, (200,), 2),
+        Kind("1000x1000 PNG 20 classes max_side=0", _png(1000, 1000),
+             {"class": [str(i) for i in range(20)], "max_side": "0"}, (200,), 2),
+        Kind("4000x3000 PNG max_side=0", _png(4000, 3000, (30, 160, 90)), {"max_side": "0"}, (200,), 2),
+        Kind("random bytes", rng.randbytes(5000), {}, (400,), 1),
+        Kind("truncated JPEG", photo[: len(photo) // 3], {}, (400,), 1),
+        Kind("PNG header of 50000x40000", _png_header(50_000, 40_000), {}, (413,), 1),
+    ]
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass
+class MixedReport:
+    requests: int
+    concurrency: int
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    statuses: Counter = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    health_latencies: list[float] = field(default_factory=list)
+    health_failures: int = 0
+    rss_idle: float = 0.0
+    rss_peak: float = 0.0
+    rss_after: float = 0.0
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        def q(values, p):
+            return LoadReport.percentile(values, p) * 1000
+
+        every = [v for values in self.latencies.values() for v in values]
+        lines = [f"mixed load: {self.requests} requests at concurrency {self.concurrency}, wall {self.seconds:.1f} s",
+                 f"  all answers      p50 {q(every, 50):6.0f} ms  p95 {q(every, 95):6.0f} ms"]
+        for name, values in self.latencies.items():
+            lines.append(f"  {name:<36} n={len(values):<3} p50 {q(values, 50):6.0f} ms  p95 {q(values, 95):6.0f} ms")
+        health = self.health_latencies
+        lines += [
+            "  answers by status: " + ", ".join(f"{s}: {n}" for s, n in sorted(self.statuses.items())),
+            f"  health under load: p50 {q(health, 50):.1f} ms, max {max(health, default=0) * 1000:.0f} ms, "
+            f"{len(health)} probes, {self.health_failures} failed or over 1 s",
+            f"  server RSS: idle {self.rss_idle:.0f} MB, peak during {self.rss_peak:.0f} MB, "
+            f"after {self.rss_after:.0f} MB ({(self.rss_after / self.rss_idle - 1) * 100:+.0f}% of idle)",
+            f"  errors {len(self.errors)}" + (f"  first: {self.errors[0]}" if self.errors else ""),
+        ]
+        return lines
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.health_failures and self.rss_after <= 1.2 * self.rss_idle
+
+
+async def run_mixed(url: str, pid: int, images: list[Path], requests: int = 96, concurrency: int = 8,
+                    timeout: float = 600.0, settle: float = 5.0, seed: int = 0) -> MixedReport:
+    """``requests`` of the adversarial mix at ``concurrency``, health probed every 100 ms,
+    the server's memory sampled every 50 ms."""
+    report = MixedReport(requests, concurrency)
+    kinds = mixed_kinds(images)
+    rng = random.Random(seed)
+    plan = rng.choices(kinds, weights=[k.weight for k in kinds], k=requests)
+    for kind in kinds:  # every kind at least once
+        if kind not in plan:
+            plan[rng.randrange(requests)] = kind
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        for kind in kinds:  # warm: every code path loaded once, so "idle" is a served server's
+            await client.post(f"{url}/api/explain", data=kind.form,
+                              files={"file": ("upload", kind.data, "application/octet-stream")})
+        await asyncio.sleep(settle)
+        report.rss_idle = rss_mb(pid)
+        queue: asyncio.Queue[Kind] = asyncio.Queue()
+        for kind in plan:
+            queue.put_nowait(kind)
+        done = asyncio.Event()
+
+        async def worker() -> None:
+            while not queue.empty():
+                kind = queue.get_nowait()
+                started = time.perf_counter()
+                try:
+                    response = await client.post(f"{url}/api/explain", data=kind.form,
+                                                 files={"file": ("upload", kind.data, "application/octet-stream")})
+                except Exception as error:  # noqa: BLE001 - every failure is counted
+                    report.errors.append(f"{kind.name}: {type(error).__name__}: {error}".splitlines()[0])
+                    continue
+                report.statuses[response.status_code] += 1
+                report.latencies[kind.name].append(time.perf_counter() - started)
+                if response.status_code not in kind.expected:
+                    report.errors.append(f"{kind.name}: HTTP {response.status_code} {response.text[:160]}")
+
+        async def probe_health() -> None:
+            async with httpx.AsyncClient(timeout=1.0) as prober:
+                while not done.is_set():
+                    started = time.perf_counter()
+                    try:
+                        response = await prober.get(f"{url}/api/health")
+                        elapsed = time.perf_counter() - started
+                        report.health_latencies.append(elapsed)
+                        if response.status_code != 200 or elapsed > 1.0:
+                            report.health_failures += 1
+                    except httpx.HTTPError:
+                        report.health_failures += 1
+                    await asyncio.sleep(0.1)
+
+        async def sample_memory() -> None:
+            while not done.is_set():
+                report.rss_peak = max(report.rss_peak, rss_mb(pid))
+                await asyncio.sleep(0.05)
+
+        started = time.perf_counter()
+        watchers = [asyncio.create_task(probe_health()), asyncio.create_task(sample_memory())]
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        report.seconds = time.perf_counter() - started
+        done.set()
+        await asyncio.gather(*watchers)
+        await asyncio.sleep(settle)
+        report.rss_after = rss_mb(pid)
+        if (await client.get(f"{url}/api/health")).status_code != 200:
+            report.errors.append("the server does not answer after the load")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running server (default: start `camloc serve` here)")
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", default="8", help="with --mixed: several, e.g. 8,32")
     parser.add_argument("--images", type=Path, default=EXAMPLES, help="folder of .jpg photos")
     parser.add_argument("--server-args", default="", help="extra `camloc serve` arguments")
+    parser.add_argument("--mixed", action="store_true", help="the adversarial mix (starts its own server)")
     args = parser.parse_args(argv)
     images = sorted(args.images.glob("*.jpg"))
     if not images:
         raise SystemExit(f"no .jpg images in {args.images}")
+    if args.mixed:
+        return main_mixed(args, images)
 
     def measure(url: str) -> LoadReport:
-        return asyncio.run(run_load(url, images, args.requests, args.concurrency))
+        return asyncio.run(run_load(url, images, args.requests, int(args.concurrency)))
 
     if args.url:
         report = measure(args.url.rstrip("/"))
@@ -183,6 +371,20 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} CPUs")
     print("\n".join(report.lines()))
     return 1 if report.error_count else 0
+
+
+def main_mixed(args: argparse.Namespace, images: list[Path]) -> int:
+    levels = [int(c) for c in str(args.concurrency).split(",")]
+    print(f"camloc serve, adversarial mix: {os.cpu_count()} CPUs; kinds (weight):",
+          ", ".join(f"{k.name} ({k.weight})" for k in mixed_kinds(images)), flush=True)
+    failed = False
+    with camloc_server_process(args.server_args.split()) as (url, server):
+        for concurrency in levels:
+            report = asyncio.run(run_mixed(url, server.pid, images, args.requests, concurrency))
+            print("\n".join(report.lines()), flush=True)
+            failed |= not report.ok
+        print(f"server peak RSS over the whole run (VmHWM): {rss_mb(server.pid, 'VmHWM'):.0f} MB")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

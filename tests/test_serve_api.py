@@ -28,9 +28,14 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
 COFFEE = EXAMPLES / "coffee.jpg"
 
 
+def local_client(app, **options):
+    """FastAPI's test client, sending ``Host: localhost`` (one of the hosts the app answers)."""
+    return fastapi_testclient.TestClient(app, base_url="http://localhost", **options)
+
+
 @pytest.fixture(scope="module")
 def client():
-    return fastapi_testclient.TestClient(create_app(shared_model()))
+    return local_client(create_app(shared_model()))
 
 
 def upload(path: Path = COFFEE, content_type: str = "image/jpeg", name: str | None = None):
@@ -73,7 +78,9 @@ def test_health_and_model(client):
     assert info["name"] == "efficientnet_lite0"
     assert info["num_classes"] == 1000 and info["input_size"] == [224, 224]
     assert info["exact_cam"] is True and "cam" in info["methods"]
-    assert info["limits"] == {"max_upload_bytes": 20_000_000, "max_pixels": 40_000_000}
+    assert info["limits"] == {"max_upload_bytes": 20_000_000, "max_pixels": 40_000_000,
+                              "max_display_pixels": 2048 * 2048, "max_map_pixels": 20 * 1024 * 1024,
+                              "max_topk": 20, "workers": 2, "max_queue": 64}
     classes = client.get("/api/classes").json()
     assert len(classes) == 1000 and classes[967] == "espresso"
 
@@ -93,7 +100,10 @@ def test_colormap_samples_page_static_and_docs(client):
         assert served.status_code == 200
         assert "http://" not in served.text and "https://" not in served.text  # no CDN
     assert "https://" not in page.text and "http://" not in page.text
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")  # the app's own page: no script, nothing from a CDN
+    assert docs.status_code == 200 and "/api/explain" in docs.text and "/openapi.json" in docs.text
+    assert "<script" not in docs.text and "cdn" not in docs.text.lower()
+    assert client.get("/redoc").status_code == 404
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/explain", "/api/health", "/api/model"} <= set(paths)
 
@@ -110,14 +120,14 @@ def test_explain_returns_the_results_jsonl_record(client, tmp_path):
     [line] = (tmp_path / "results.jsonl").read_text().splitlines()
     written = json.loads(line)
     for key in written:
-        if key not in ("image", "outputs", "file"):
+        if key not in ("image", "outputs", "file"):  # file: the run's identity of its input
             assert body[key] == written[key], key
     assert body["image"] == "coffee.jpg" and body["outputs"] == {} and body["error"] is None
     assert body["predictions"][0]["label"] == "espresso"
     assert [c["label"] for c in body["cams"]] == [p["label"] for p in body["predictions"][:3]]
 
     # Pictures: the photo, the overlay, and one grayscale map per explained class.
-    assert body["display"] == {"width": 600, "height": 400, "scale": 1.0}
+    assert body["display"] == {"width": 600, "height": 400, "scale": 1.0, "scale_x": 1.0, "scale_y": 1.0}
     picture, overlay = decode(body["picture"]), decode(body["overlay"])
     assert picture.size == overlay.size == (600, 400) and overlay.mode == "RGB"
     maps = [decode(m) for m in body["maps"]]
@@ -145,7 +155,7 @@ def test_explain_large_image_returns_small_pictures_and_original_boxes(client):
                            data={"max_side": "128"})
     body = response.json()
     assert (body["width"], body["height"]) == (512, 512)
-    assert body["display"] == {"width": 128, "height": 128, "scale": 4.0}
+    assert body["display"] == {"width": 128, "height": 128, "scale": 4.0, "scale_x": 4.0, "scale_y": 4.0}
     assert decode(body["maps"][0]).size == decode(body["overlay"]).size == (128, 128)
     [expected] = camloc.explain(shared_model(), EXAMPLES / "astronaut.jpg")
     assert body["cams"][0]["boxes"] == [list(b) for b in expected.boxes[0]]
@@ -200,7 +210,7 @@ ERRORS = {
     "unknown method": (dict(files=upload(), data={"method": "magic"}), 400,
                        ["unknown method 'magic'"]),
     "unknown policy": (dict(files=upload(), data={"policy": "stretch"}), 400,
-                       ["unknown policy 'stretch'"]),
+                       ["unknown resize policy 'stretch'"]),
     "no file": (dict(data={"topk": "1"}), 422, ["file: Field required"]),
 }
 
@@ -226,14 +236,14 @@ def test_an_internal_error_is_one_line_of_json_too(monkeypatch):
 
     monkeypatch.setattr(camloc.serve.app, "explain_response", broken)
     app = create_app(shared_model())
-    client = fastapi_testclient.TestClient(app, raise_server_exceptions=False)
+    client = local_client(app, raise_server_exceptions=False)
     assert_one_line_error(client.post("/api/explain", files=upload()), 500,
                           "internal error: RuntimeError: simulated failure")
     assert client.get("/api/health").status_code == 200
 
 
 def test_upload_limit_with_and_without_content_length():
-    client = fastapi_testclient.TestClient(create_app(shared_model(), max_upload=50_000))
+    client = local_client(create_app(shared_model(), max_upload=50_000))
     photo = COFFEE.read_bytes()  # 72 kB
     assert_one_line_error(client.post("/api/explain", files=upload()), 413,
                           "upload too large", "the limit is 0.05 MB")
@@ -257,7 +267,7 @@ def test_upload_limit_with_and_without_content_length():
 
 
 def test_pixel_limit_of_a_real_image():
-    client = fastapi_testclient.TestClient(create_app(shared_model(), max_pixels=200_000))
+    client = local_client(create_app(shared_model(), max_pixels=200_000))
     assert_one_line_error(client.post("/api/explain", files=upload()), 413,
                           "coffee.jpg: 600x400 is 0.2 megapixels, over the limit of 0.2")
 

@@ -58,10 +58,15 @@ def browser():
 def page(browser, base_url):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
+    refused = []  # the Content-Security-Policy must not block anything the page does
+    page.on("console", lambda message: refused.append(message.text)
+            if "Content Security Policy" in message.text else None)
     page.set_default_timeout(60_000)
-    page.goto(base_url + "/")
+    response = page.goto(base_url + "/")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
     yield page
     context.close()
+    assert refused == []
 
 
 def current_box(page) -> list[int] | None:
@@ -137,7 +142,7 @@ def test_sample_photo_and_errors_on_the_page(page, tmp_path):
       document.getElementById("drop").dispatchEvent(
         new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
     }""")
-    page.wait_for_function("document.getElementById('status').textContent.startsWith('dropped')")
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('dropped')")
     [rocket] = camloc.explain(shared_model(), EXAMPLES / "rocket.jpg")
     assert page.locator("#predictions .label").first.inner_text() == rocket.targets[0].label
 
@@ -149,11 +154,11 @@ def test_sample_photo_and_errors_on_the_page(page, tmp_path):
 
     page.fill("#class", "no such class")
     page.set_input_files("#file", str(EXAMPLES / "coffee.jpg"))
-    page.wait_for_function("document.getElementById('error').textContent.includes('unknown class')")
+    page.wait_for_function("() => document.getElementById('error').textContent.includes('unknown class')")
     assert page.locator("#error").is_visible()
     page.screenshot(path=str(tmp_path / "serve-error.png"), full_page=True)
 
     page.fill("#class", "cup")
     page.locator("#class").press("Enter")  # explains the last image again, for this class
-    page.wait_for_function("document.querySelector('#predictions .label')?.textContent === 'cup'")
+    page.wait_for_function("() => document.querySelector('#predictions .label')?.textContent === 'cup'")
     assert page.locator("#error").is_hidden()

@@ -11,7 +11,7 @@ is ``[10, y, 20, y']``, so ``width = xmax - xmin``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,9 +35,15 @@ def otsu_level(values: torch.Tensor, bins: int = 256) -> float:
     low, high = float(values.min()), float(values.max())
     if high - low < 1e-12:
         return high
-    histogram = torch.histc(values, bins=bins, min=low, max=high).double()
+    return otsu_of_histogram(torch.histc(values, bins=bins, min=low, max=high), low, high)
+
+
+def otsu_of_histogram(histogram: torch.Tensor, low: float, high: float) -> float:
+    """:func:`otsu_level` from the values' histogram over ``[low, high]`` (``torch.histc``)."""
+    bins = histogram.numel()
+    histogram = histogram.double()
     probability = histogram / histogram.sum()
-    edges = torch.linspace(low, high, bins + 1, dtype=torch.float64, device=values.device)
+    edges = torch.linspace(low, high, bins + 1, dtype=torch.float64, device=histogram.device)
     centers = (edges[:-1] + edges[1:]) / 2
     weight_low = probability.cumsum(0)
     mass_low = (probability * centers).cumsum(0)
@@ -230,6 +236,80 @@ def level_components(maps: torch.Tensor | np.ndarray, levels: Sequence[float]) -
     return _framed_components(padded)
 
 
+Bands = Callable[[int, int, int], torch.Tensor]  # (map index, start row, stop row) → (rows, W) values
+
+
+def boxes_from_bands(
+    bands: Bands,
+    shape: tuple[int, int, int],
+    threshold: Threshold = DEFAULT_THRESHOLD,
+    largest_only: bool = True,
+    min_area: float = 0.0,
+    band_pixels: int = 1 << 21,
+) -> list[list[Box]]:
+    """:func:`boxes_from_maps` of a ``(k, H, W)`` stack that is never held whole: ``bands(i,
+    start, stop)`` gives rows ``start:stop`` of map ``i``, about ``band_pixels`` values at a
+    time. One map's mask (``H x W`` bytes) is the largest thing held; a rule threshold
+    (``"otsu"``, ``"mean"``...) reads the map's values in more passes of bands, with the same
+    result as :func:`threshold_level` on the whole map (to float rounding).
+
+    >>> heat = torch.zeros(2, 20, 30); heat[0, 2:5, 3:9] = 1; heat[1, 10:20, 0:4] = 1
+    >>> boxes_from_bands(lambda i, a, b: heat[i, a:b], (2, 20, 30), 0.5, band_pixels=60)
+    [[(3, 2, 9, 5)], [(0, 10, 4, 20)]]
+    """
+    count, height, width = shape
+    step = max(1, band_pixels // max(width, 1))
+    found = []
+    for index in range(count):
+        def chunks(index: int = index) -> Iterator[torch.Tensor]:
+            for start in range(0, height, step):
+                yield bands(index, start, min(start + step, height))
+
+        level = streamed_threshold_level(chunks, threshold, height * width)
+        padded = _framed(1, height, width)
+        for start, values in zip(range(0, height, step), chunks(), strict=True):
+            values = values.detach().float().cpu().numpy()
+            np.greater_equal(values, np.float32(level), out=padded[0, start:start + values.shape[0], 1:-1])
+        [(areas, boxes)] = _framed_components(padded)
+        found.append(_ranked_boxes(areas, boxes, largest_only, min_area, height * width))
+    return found
+
+
+def streamed_threshold_level(chunks: Callable[[], Iterator[torch.Tensor]], threshold: Threshold,
+                             count: int) -> float:
+    """:func:`threshold_level` of a map read as chunks of its values (``chunks()`` starts a
+    new pass over them; ``count`` values in all): a mean is one pass, Otsu two (range,
+    histogram), ``"otsu2"`` four.
+
+    >>> values = torch.rand(50, 40)
+    >>> chunks = lambda: iter(values.split(7))
+    >>> all(abs(streamed_threshold_level(chunks, rule, values.numel()) - threshold_level(values, rule)) < 1e-6
+    ...     for rule in ("otsu", "otsu2", "mean"))
+    True
+    """
+    if not isinstance(threshold, str):
+        return float(threshold)
+    if threshold == "mean":
+        return float(sum(chunk.double().sum() for chunk in chunks()) / max(count, 1))
+    if threshold not in ("otsu", "otsu2"):
+        return threshold_level(torch.zeros(1, 1), threshold)  # the same error for an unknown rule
+
+    def otsu(above: float | None) -> float:
+        low, high = float("inf"), float("-inf")
+        for chunk in chunks():
+            chunk = chunk.float() if above is None else chunk.float()[chunk >= above]
+            if chunk.numel():
+                low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+        if high - low < 1e-12:
+            return high
+        histogram = sum(torch.histc(chunk.float() if above is None else chunk.float()[chunk >= above],
+                                    bins=256, min=low, max=high) for chunk in chunks())
+        return otsu_of_histogram(histogram, low, high)
+
+    level = otsu(None)
+    return otsu(level) if threshold == "otsu2" else level
+
+
 def box_iou(boxes_a: Sequence[Sequence[float]], boxes_b: Sequence[Sequence[float]]) -> np.ndarray:
     """Pairwise IoU matrix ``(len(a), len(b))`` of ``[xmin, ymin, xmax, ymax]`` boxes.
 
@@ -244,4 +324,5 @@ def box_iou(boxes_a: Sequence[Sequence[float]], boxes_b: Sequence[Sequence[float
     area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
     area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
     union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    # no floor under the union: a box of tiny area has IoU 1 with itself, not area / 1e-12
+    return np.divide(inter, union, out=np.zeros_like(union), where=union > 0)

@@ -616,6 +616,11 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(
         "--max-upload-mb", min=0.001, help="largest upload in MB")] = 20.0,
     max_pixels: MaxPixelsOption = 40_000_000,
+    allowed_hosts: Annotated[str | None, typer.Option(
+        "--allowed-hosts", help="Host headers answered, comma-separated (e.g. camloc.example.org; "
+        "'*' any); default localhost, 127.0.0.1, ::1 and the --host address")] = None,
+    max_queue: Annotated[int, typer.Option(
+        "--max-queue", min=0, help="explain requests that may wait for the model; more get 503")] = 64,
     method: MethodOption = DEFAULT_METHOD,
     layer: LayerOption = None,
     policy: PolicyOption = Policy(DEFAULT_POLICY),
@@ -635,13 +640,18 @@ def serve(
     config = explain_config(method=method, layer=layer, policy=policy, input_size=input_size, flip=flip,
                             scales=scales, normalize=normalize, threshold=threshold,
                             all_components=all_components, min_area=min_area, amp=amp)
+    hosts = [h.strip() for h in allowed_hosts.split(",") if h.strip()] if allowed_hosts else None
+    for pattern in hosts or ():
+        if "*" in pattern[1:] or (pattern.startswith("*") and pattern != "*" and not pattern.startswith("*.")):
+            fail(f"--allowed-hosts: {pattern!r} is not a host name; a wildcard is '*' or '*.example.com'")
     for module in ("fastapi", "uvicorn", "multipart"):
         need(module, "serve", "camloc serve")
     adapter = load(model, weights, device, preprocess, dilate)
     from .serve import serve as run_server
 
     run_server(adapter, host, port, max_upload=int(max_upload_mb * 1e6), max_pixels=max_pixels, config=config,
-               on_ready=lambda url: say(f"serving {adapter.name} at {url}", prefix="camloc: "))
+               on_ready=lambda url: say(f"serving {adapter.name} at {url}", prefix="camloc: "),
+               allowed_hosts=hosts, max_queue=max_queue)
 
 
 # --------------------------------------------------------------------------- export

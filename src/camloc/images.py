@@ -125,9 +125,42 @@ def _decode(source: Path | BinaryIO, name: str, max_pixels: int, hint: str = "")
         raise ImageError(f"{name}: is a directory") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image file (unrecognised format)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    except Image.DecompressionBombError as error:  # over Pillow's own limit, refused on open
+        size = claimed_size(source)
+        if size is not None and size[0] * size[1] > max_pixels:
+            width, height = size
+            raise ImageError(f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over "
+                             f"the limit of {max_pixels / 1e6:.0f}{hint}") from None
+        raise ImageError(f"{name}: unreadable image ({error})") from None
+    except Exception as error:  # noqa: BLE001 - whatever a decoder raises on bad bytes is the file's fault
+        reason = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
         raise ImageError(f"{name}: unreadable image ({reason})") from None
+
+
+def claimed_size(source: Path | BinaryIO) -> tuple[int, int] | None:
+    """``(width, height)`` from an image's header, also beyond Pillow's decompression-bomb
+    limit (which makes ``Image.open`` refuse the file without saying its size); ``None``
+    when no format reads the header."""
+    stream = open(source, "rb") if isinstance(source, (str, os.PathLike)) else source
+    try:
+        stream.seek(0)
+        prefix = stream.read(16)
+        Image.init()
+        for format_id in Image.ID:
+            factory, accept = Image.OPEN[format_id]
+            accepted = True if accept is None else accept(prefix)
+            if not accepted or isinstance(accepted, str):  # a str: "maybe, with a warning"
+                continue
+            try:
+                stream.seek(0)
+                with factory(stream, "") as image:
+                    return image.size
+            except Exception:  # noqa: BLE001,S112 - not this format: try the next
+                continue
+        return None
+    finally:
+        if stream is not source:
+            stream.close()
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -321,11 +354,32 @@ def _extreme_samples(n_out, n_feature, n_input, scale, offset, seen_only) -> tor
 
 def coverage_mask(geometry: Geometry, device=None) -> torch.Tensor:
     """``(H, W)`` bool: which original pixels the network saw (False outside a center crop)."""
+    rows, cols = coverage_axes(geometry, device)
+    return rows[:, None] & cols[None, :]
+
+
+def coverage_axes(geometry: Geometry, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows (H,), cols (W,))`` bool: :func:`coverage_mask` is their outer product."""
     (height, width), (input_h, input_w) = geometry.original_size, geometry.input_size
     (sy, sx), (oy, ox) = geometry.scale, geometry.offset
     ys = sy * (torch.arange(height, device=device) + 0.5) + oy
     xs = sx * (torch.arange(width, device=device) + 0.5) + ox
-    return ((ys >= 0) & (ys <= input_h))[:, None] & ((xs >= 0) & (xs <= input_w))[None, :]
+    return (ys >= 0) & (ys <= input_h), (xs >= 0) & (xs <= input_w)
+
+
+def resized_geometry(geometry: Geometry, size: tuple[int, int]) -> Geometry:
+    """The same placement seen from the original image resized to ``size = (height, width)``:
+    maps resampled through it land on the pixels of the resized picture (``camloc serve``
+    samples its maps at display size this way, never at full size).
+
+    >>> g = resize_geometry((400, 600), 224, "squash")[2]
+    >>> resized_geometry(g, (200, 300)).scale == (g.scale[0] * 2, g.scale[1] * 2)
+    True
+    """
+    height, width = size
+    (original_h, original_w), (sy, sx) = geometry.original_size, geometry.scale
+    return Geometry((int(height), int(width)), geometry.input_size,
+                    (sy * original_h / height, sx * original_w / width), geometry.offset, geometry.policy)
 
 
 def collect_images(inputs: list[str]) -> list[Path]:

@@ -14,7 +14,14 @@ from __future__ import annotations
 import torch
 
 from .config import NORMALIZATIONS
-from .images import Geometry, coverage_mask, extreme_samples, group_by_geometry, resampling_matrices
+from .images import (
+    Geometry,
+    coverage_axes,
+    coverage_mask,
+    extreme_samples,
+    group_by_geometry,
+    resampling_matrices,
+)
 
 
 def flat_safe_span(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -95,6 +102,22 @@ def normalized_to_original_batch(maps: torch.Tensor, geometries: list[Geometry],
 
 def _normalized_group(maps: torch.Tensor, geometry: Geometry, mode: str) -> torch.Tensor:
     """``(n, k, h, w)`` maps of images that share ``geometry`` → ``(n, k, H, W)`` normalised."""
+    small, rows, cols, spots = _normalized_on_grid(maps, geometry, mode)
+    normalized = (rows @ small @ cols.T).clamp_(0, 1)  # (n, k, H, W)
+    if geometry.policy == "center-crop":
+        normalized.mul_(coverage_mask(geometry, maps.device))
+    pixels = normalized.view(*normalized.shape[:2], -1)
+    for spot, value in spots:
+        pixels.scatter_(2, spot[..., None], value[..., None])
+    return normalized
+
+
+def _normalized_on_grid(maps: torch.Tensor, geometry: Geometry, mode: str):
+    """``(n, k, h, w)`` maps → ``(small, rows, cols, spots)``: the maps normalised on the
+    feature grid (``rows @ small @ cols.T``, clamped to [0, 1], is the normalised map at
+    original resolution) and, per image and class, the flat pixel index of the peak (and the
+    trough) with the value it gets: exactly 1 (0), as :func:`normalize_maps` gives them, not
+    1 - ε (a flat map is all 0 already)."""
     rows, cols = resampling_matrices(geometry, maps.shape[-2:], maps.device)
     cropped = geometry.policy == "center-crop"
     (height, width), (input_h, input_w) = geometry.original_size, geometry.input_size
@@ -106,14 +129,52 @@ def _normalized_group(maps: torch.Tensor, geometry: Geometry, mode: str) -> torc
     low, at_low = probe.min(-1) if mode == "minmax" else (torch.zeros_like(high), None)
     span = flat_safe_span(low, high)
     small = (maps - low[..., None, None]) / span[..., None, None]
-    normalized = (rows @ small @ cols.T).clamp_(0, 1)  # (n, k, H, W)
-    if cropped:
-        normalized.mul_(coverage_mask(geometry, maps.device))
-    # the peak exactly 1 (the trough 0), as normalize_maps gives them, not 1 - ε; a flat map
-    # is all 0 already
-    pixels = normalized.view(*normalized.shape[:2], -1)
+    spots = []
     for at, value in ((at_high, span.isfinite().float()), (at_low, torch.zeros_like(span))):
         if at is not None:
-            spot = peak_rows[at // peak_cols.numel()] * width + peak_cols[at % peak_cols.numel()]
-            pixels.scatter_(2, spot[..., None], value[..., None])
-    return normalized
+            spots.append((peak_rows[at // peak_cols.numel()] * width + peak_cols[at % peak_cols.numel()], value))
+    return small, rows, cols, spots
+
+
+class OriginalBands:
+    """The normalised maps of one image at original resolution, a band of rows at a time.
+
+    ``band(i, start, stop)`` is ``normalized_to_original(maps, geometry, mode)[i, start:stop]``
+    (to float rounding) without ever holding the ``(k, H, W)`` stack: what boxes at original
+    resolution need from an image of 40 megapixels with 20 classes costs one band, not 3 GB.
+
+    >>> geometry = Geometry((40, 60), (7, 7), (7 / 40, 7 / 60), (0.0, 0.0), "squash")
+    >>> maps = torch.randn(2, 7, 7)
+    >>> bands = OriginalBands(maps, geometry)
+    >>> torch.allclose(bands.band(1, 10, 20), normalized_to_original(maps, geometry)[1, 10:20], atol=1e-6)
+    True
+    """
+
+    def __init__(self, maps: torch.Tensor, geometry: Geometry, mode: str = "minmax"):
+        if mode not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalisation {mode!r}; choose from {', '.join(NORMALIZATIONS)}")
+        with torch.autocast(maps.device.type, enabled=False):
+            small, self.rows, self.cols, spots = _normalized_on_grid(maps[None].float(), geometry, mode)
+        self.small = small[0]
+        self.spots = [(spot[0].tolist(), value[0].tolist()) for spot, value in spots]
+        self.geometry = geometry
+        self.coverage = coverage_axes(geometry, maps.device) if geometry.policy == "center-crop" else None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(k, H, W)``."""
+        return (self.small.shape[0], *self.geometry.original_size)
+
+    def band(self, index: int, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of map ``index`` at original resolution, ``(stop - start, W)`` float32."""
+        with torch.autocast(self.small.device.type, enabled=False):
+            values = (self.rows[start:stop] @ self.small[index] @ self.cols.T).clamp_(0, 1)
+        if self.coverage is not None:
+            rows, cols = self.coverage
+            values.mul_(rows[start:stop, None] & cols[None, :])
+        width = self.geometry.original_size[1]
+        for spots, fills in self.spots:
+            y, x = divmod(spots[index], width)
+            if start <= y < stop:
+                values[y - start, x] = fills[index]
+        return values

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .boxes import Box, Threshold, boxes_from_maps, parse_threshold
+from .boxes import Box, Threshold, boxes_from_bands, boxes_from_maps, parse_threshold
 from .config import DEFAULT_BOX_THRESHOLD, DEFAULT_NORMALIZATION, NORMALIZATIONS, ExplainConfig
 from .errors import CamlocError, ClassError
-from .images import Geometry, coverage_mask, load_image, maps_to_original, preprocess
-from .maps import normalized_to_original_batch
+from .images import Geometry, coverage_mask, load_image, maps_to_original, preprocess, resized_geometry
+from .maps import OriginalBands, normalized_to_original_batch
 from .methods import ClassSelection, Method, MethodOutput, Selection, explain_batch, get_method
 from .methods.views import CANDIDATES
 from .models import ClassifierAdapter
@@ -73,8 +73,9 @@ class Explanation:
     ``feature_maps`` are the method's raw class scores on the feature grid (``(k, h, w)``),
     ``maps`` the same resampled to every original pixel (``(k, H, W)``, computed on first
     use), ``normalized`` the maps at original resolution scaled to [0, 1] over the pixels the
-    network saw (``BoxOptions.normalization``), ``boxes[i]`` the boxes of class
-    ``targets[i]`` (largest component first).
+    network saw (``BoxOptions.normalization``; at another size when :func:`finish` was asked
+    for one, as ``camloc serve`` does: ``coverage`` too), ``boxes[i]`` the boxes of class
+    ``targets[i]`` in original pixels (largest component first).
     """
 
     geometry: Geometry
@@ -144,6 +145,7 @@ def finish(
     model: ClassifierAdapter,
     box_options: BoxOptions | None = None,
     sources: Sequence[str | None] | None = None,
+    sizes: Sequence[tuple[int, int]] | None = None,
 ) -> list[Explanation]:
     """Method output → per-image explanations at original resolution, with boxes.
 
@@ -152,6 +154,11 @@ def finish(
     resolution are resampled when first read); the per-image rest (thresholds, connected
     components) runs on a small thread pool when the batch is large enough to pay for it
     (the heavy numpy steps release the GIL).
+
+    ``sizes[i] = (height, width)``: ``normalized`` (and ``coverage``) sampled at that size
+    instead (the image resized to it, :func:`camloc.images.resized_geometry`), and the boxes,
+    still in original pixels, found a band of rows at a time
+    (:class:`camloc.maps.OriginalBands`): the full-size maps are never held (``camloc serve``).
     """
     box_options = box_options or BoxOptions()
     probabilities = output.logits.float().softmax(dim=1)
@@ -159,20 +166,30 @@ def finish(
     target_scores = probabilities.gather(1, output.classes)
     top_values, top_indices = top.values.cpu().tolist(), top.indices.cpu().tolist()
     classes, scores = output.classes.cpu().tolist(), target_scores.cpu().tolist()
-    normalized = normalized_to_original_batch(output.maps, list(geometries), box_options.normalization)
+    sampled = list(geometries)
+    if sizes is not None:
+        sampled = [resized_geometry(g, size) if size != g.original_size else g
+                   for g, size in zip(geometries, sizes, strict=True)]
+    normalized = normalized_to_original_batch(output.maps, sampled, box_options.normalization)
     names = model.class_names
 
+    def boxes_of(i: int) -> list[list[Box]]:
+        options = box_options
+        if sampled[i] is geometries[i]:
+            return boxes_from_maps(normalized[i], options.threshold, options.largest_only, options.min_area)
+        bands = OriginalBands(output.maps[i], geometries[i], options.normalization)
+        return boxes_from_bands(bands.band, bands.shape, options.threshold, options.largest_only, options.min_area)
+
     def explanation(i: int) -> Explanation:
-        geometry = geometries[i]
+        geometry = sampled[i]
         covered = coverage_mask(geometry, output.maps.device) if geometry.policy == "center-crop" else None
         return Explanation(
-            geometry=geometry,
+            geometry=geometries[i],
             predictions=[Prediction(c, names[c], s) for c, s in zip(top_indices[i], top_values[i], strict=True)],
             targets=[Prediction(c, names[c], s) for c, s in zip(classes[i], scores[i], strict=True)],
             feature_maps=output.maps[i].float(),
             normalized=normalized[i],
-            boxes=boxes_from_maps(normalized[i], box_options.threshold, box_options.largest_only,
-                                  box_options.min_area),
+            boxes=boxes_of(i),
             method=output.method,
             source=sources[i] if sources is not None else None,
             coverage=covered,
@@ -273,9 +290,11 @@ class Pipeline:
         return MethodOutput(output.logits.float(), output.classes, output.maps.float(), output.method)
 
     def finish(self, output: MethodOutput, geometries: Sequence[Geometry],
-               sources: Sequence[str | None] | None = None) -> list[Explanation]:
-        """Method output → explanations at original resolution, with boxes."""
-        return finish(output, geometries, self.model, self.box_options, sources)
+               sources: Sequence[str | None] | None = None,
+               sizes: Sequence[tuple[int, int]] | None = None) -> list[Explanation]:
+        """Method output → explanations at original resolution (``normalized`` at ``sizes``,
+        see :func:`finish`), with boxes."""
+        return finish(output, geometries, self.model, self.box_options, sources, sizes)
 
     def explain_tensors(self, tensors: Sequence[torch.Tensor], geometries: Sequence[Geometry],
                         sources: Sequence[str | None] | None = None,

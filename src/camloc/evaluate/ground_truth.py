@@ -90,6 +90,8 @@ def read_csv_boxes(path: Path) -> GroundTruth:
                 )
             for line, row in enumerate(reader, start=2):
                 where = f"{path}:{line}"
+                if any(row.get(c) is None for c in columns):  # csv gives None for missing fields
+                    raise GroundTruthError(f"{where}: a row needs the {len(columns)} fields {','.join(columns)}")
                 boxes[row["image"].strip()].append(
                     GTBox(row["label"].strip(), _box([row[c] for c in columns[2:]], where))
                 )

@@ -3,8 +3,11 @@ extra)."""
 
 from .app import (
     DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_SIDE,
     DEFAULT_MAX_UPLOAD,
+    MAX_DISPLAY_PIXELS,
+    MAX_MAP_PIXELS,
     MAX_TOPK,
     Explainer,
     ExplainOptions,
@@ -13,5 +16,6 @@ from .app import (
     serve,
 )
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_SIDE", "DEFAULT_MAX_UPLOAD", "MAX_TOPK", "ExplainOptions",
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_QUEUE", "DEFAULT_MAX_SIDE", "DEFAULT_MAX_UPLOAD", "MAX_DISPLAY_PIXELS",
+           "MAX_MAP_PIXELS", "MAX_TOPK", "ExplainOptions",
            "Explainer", "create_app", "display_size", "serve"]

@@ -1,46 +1,60 @@
 """``camloc serve``: a web page to try camloc and a JSON API, from one FastAPI app.
 
-The model is loaded once. Each request is decoded and rendered in Starlette's thread pool;
-the model step (forward pass, maps, boxes) runs under one lock, so concurrent requests are
-serialised safely (the adapter's feature hook is per call and must not interleave) and the
-event loop stays free to answer other requests.
+The model is loaded once. At most ``workers`` explain requests are at work at a time
+(decoding, the model step, rendering, in Starlette's thread pool), at most ``max_queue``
+wait for their turn, and the rest get 503 with ``Retry-After``; the model step (forward
+pass, maps, boxes) runs under one lock, so concurrent requests are serialised safely (the
+adapter's feature hook is per call and must not interleave) and the event loop stays free
+to answer other requests. What one request may hold is bounded: the image by
+``max_pixels``, the returned pictures and maps by :data:`MAX_DISPLAY_PIXELS` and
+:data:`MAX_MAP_PIXELS` (maps are computed at display size, never at full size; boxes at
+original resolution a band of rows at a time).
 
 >>> import camloc
 >>> from fastapi.testclient import TestClient
->>> client = TestClient(create_app(camloc.load_model()))
+>>> client = TestClient(create_app(camloc.load_model()), base_url="http://localhost")
 >>> with open("examples/images/coffee.jpg", "rb") as photo:
 ...     upload = {"file": ("coffee.jpg", photo, "image/jpeg")}
 ...     body = client.post("/api/explain", files=upload).json()
 >>> body["predictions"][0]["label"], body["cams"][0]["boxes"][0]
-('espresso', [77, 0, 478, 355])
+('espresso', [104, 27, 489, 341])
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
+import html
 import io
+import math
 import threading
-from collections.abc import Callable
+import time
+import warnings
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
 import torch.nn.functional as F
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import BackgroundTasks, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import render
+from ..allocator import release_memory
 from ..config import parse_threshold
 from ..errors import CamlocError
-from ..images import RESIZE_POLICIES, read_image
+from ..images import RESIZE_POLICIES, claimed_size, read_image
 from ..methods import list_methods
 from ..models import ClassifierAdapter
 from ..pipeline import ExplainConfig, Explanation, Pipeline
@@ -49,6 +63,24 @@ DEFAULT_MAX_UPLOAD = 20_000_000  # bytes (20 MB)
 DEFAULT_MAX_PIXELS = 40_000_000  # lower than the CLI's: a request holds k full-size maps
 DEFAULT_MAX_SIDE = 1024  # returned pictures and maps are at most this many pixels a side
 MAX_TOPK = 20
+MAX_DISPLAY_PIXELS = 2048 * 2048  # a returned picture or map, whatever max_side (0 included) asks
+MAX_MAP_PIXELS = MAX_TOPK * DEFAULT_MAX_SIDE**2  # all maps of one answer together (21 MP)
+DEFAULT_WORKERS = 2  # explain requests at work at once (decode, model step, render)
+DEFAULT_MAX_QUEUE = 64  # explain requests waiting for a worker; beyond: 503 + Retry-After
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+WILDCARD_BINDS = ("0.0.0.0", "::", "[::]", "")
+# The page is the app's own HTML, script and stylesheet; pictures come as data: URLs.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+                           "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+                           "form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-resource-policy": "same-origin",
+}
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM"})
 ACCEPTED_MEDIA = ("image/", "application/octet-stream")
 EXPLAIN_PATH = "/api/explain"
@@ -57,6 +89,20 @@ STATIC = resources.files("camloc") / "static"
 
 class ApiError(HTTPException):
     """A user error answered as ``{"error": message}`` with a 4xx status."""
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: one line saying what was wrong."""
+
+    error: str
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers a route gives (``{"error": "..."}``)."""
+    meaning = {400: "not an image, unknown class, colormap, method or policy", 413: "upload or image too large",
+               415: "not an accepted image type", 422: "a form field missing or out of range",
+               503: "too many requests waiting for the model (see Retry-After)"}
+    return {status: {"model": ErrorBody, "description": meaning[status]} for status in statuses}
 
 
 # --------------------------------------------------------------------------- options
@@ -100,7 +146,9 @@ Opacity = Annotated[float, Form(ge=0, le=1, description="map opacity in the over
 WithOverlay = Annotated[bool, Form(description="include the rendered overlay PNG (the page "
                                               "blends its own and sends false)")]
 MaxSide = Annotated[int, Form(ge=0, le=8192, description="longest side of returned pictures "
-                                                          "(0: original size)")]
+                                                          "(0: original size); each at most "
+                                                          f"{MAX_DISPLAY_PIXELS} pixels, all maps "
+                                                          f"together at most {MAX_MAP_PIXELS}")]
 
 
 # --------------------------------------------------------------------------- the model step
@@ -116,11 +164,16 @@ class Explainer:
         Pipeline(model, self.config)  # the server's own options fail at start-up
         self.lock = threading.Lock()
 
-    def explain(self, image: Image.Image, name: str, options: ExplainOptions) -> Explanation:
+    def explain(self, image: Image.Image, name: str, options: ExplainOptions,
+                size: tuple[int, int] | None = None) -> Explanation:
+        """``size = (width, height)``: the maps at that size (boxes still in original pixels),
+        never at full size; ``None``: at the image's size."""
         pipeline = Pipeline(self.model, options.config(self.config))  # bad options → 400 before any work
         tensor, geometry = pipeline.preprocess(image)
         with self.lock:
-            [result] = pipeline.explain_tensors([tensor], [geometry], [name])
+            output = pipeline.forward(tensor[None])
+        sizes = None if size is None else [(size[1], size[0])]
+        [result] = pipeline.finish(output, [geometry], [name], sizes)  # outside the lock: the model is free
         return result
 
 
@@ -135,11 +188,15 @@ def decode_upload(data: bytes, name: str, content_type: str | None, max_pixels: 
     if not data:
         raise ApiError(400, f"{name}: empty file")
     try:
-        with Image.open(io.BytesIO(data)) as probe:  # reads the header only
-            image_format, (width, height) = probe.format, probe.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+                image_format, (width, height) = probe.format, probe.size
+    except Image.DecompressionBombError:  # over Pillow's limit: refused without its size
+        image_format, (width, height) = None, claimed_size(io.BytesIO(data)) or (max_pixels + 1, 1)
+    except Exception:  # noqa: BLE001 - whatever a header parser raises on bad bytes
         raise ApiError(400, f"{name}: not an image file (unrecognised format)") from None
-    if image_format not in ACCEPTED_FORMATS:
+    if image_format is not None and image_format not in ACCEPTED_FORMATS:
         raise ApiError(415, f"{name}: unsupported image type {image_format}; send a JPEG, PNG, "
                             "GIF, BMP, TIFF, WebP or PPM image")
     if width * height > max_pixels:
@@ -162,28 +219,40 @@ def data_url(picture: Image.Image, kind: str = "png") -> str:
     return f"data:image/{kind};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def display_size(width: int, height: int, max_side: int) -> tuple[int, int]:
-    """``(width, height)`` scaled down (never up) so the longer side is at most ``max_side``."""
-    if max_side <= 0 or max(width, height) <= max_side:
+def display_size(width: int, height: int, max_side: int,
+                 max_pixels: int = MAX_DISPLAY_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` scaled down (never up) so the longer side is at most ``max_side``
+    (``0``: no limit) and the area at most ``max_pixels``.
+
+    >>> display_size(6000, 4000, 1024), display_size(6000, 6000, 0), display_size(1, 20000, 1024)
+    ((1024, 683), (2048, 2048), (1, 1024))
+    """
+    scale = 1.0
+    if max_side > 0 and max(width, height) > max_side:
+        scale = max_side / max(width, height)
+    if width * height * scale * scale > max_pixels:
+        scale = math.sqrt(max_pixels / (width * height))
+    if scale >= 1.0:
         return width, height
-    scale = max_side / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
+    size = max(1, round(width * scale)), max(1, round(height * scale))
+    while size[0] * size[1] > max_pixels:  # rounding up can overshoot by a row
+        size = max(1, size[0] - (size[0] >= size[1])), max(1, size[1] - (size[1] > size[0]))
+    return size
 
 
-def scaled(result: Explanation, size: tuple[int, int]) -> Explanation:
-    """The explanation's maps, coverage and boxes resampled to ``size = (width, height)``."""
-    if size == result.size:
-        return result
+def request_display_size(width: int, height: int, options: ExplainOptions) -> tuple[int, int]:
+    """The display size of a request's pictures: :func:`display_size` with the maps of all its
+    classes within :data:`MAX_MAP_PIXELS` together."""
+    maps = max(options.topk, len(options.classes), 1)
+    return display_size(width, height, options.max_side, min(MAX_DISPLAY_PIXELS, MAX_MAP_PIXELS // maps))
+
+
+def display_boxes(result: Explanation, size: tuple[int, int]) -> list[list[tuple[int, int, int, int]]]:
+    """The explanation's boxes (original pixels) in the pixels of a picture of ``size = (width, height)``."""
     (width, height), (original_w, original_h) = size, result.size
-    normalized = F.interpolate(result.normalized[None].float(), (height, width), mode="area")[0]
-    coverage = None
-    if result.coverage is not None:
-        coverage = F.interpolate(result.coverage[None, None].float(), size=(height, width),
-                                 mode="nearest")[0, 0].bool()
     sx, sy = width / original_w, height / original_h
-    boxes = [[(round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy))
-              for x0, y0, x1, y1 in found] for found in result.boxes]
-    return dataclasses.replace(result, normalized=normalized, coverage=coverage, boxes=boxes)
+    return [[(round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy))
+             for x0, y0, x1, y1 in found] for found in result.boxes]
 
 
 def explain_response(
@@ -192,11 +261,18 @@ def explain_response(
 ) -> dict[str, Any]:
     """The results.jsonl record plus the picture, the overlay and each map as PNGs.
 
-    Pictures are at display size (longer side at most ``options.max_side``); ``scale`` turns
-    display pixels into the record's original pixels.
+    Pictures are at display size (:func:`request_display_size`), the size ``result``'s maps
+    were computed at; ``scale_x`` and ``scale_y`` turn display pixels into the record's
+    original pixels (``scale``: the same along the longer side).
     """
-    width, height = display_size(*result.size, options.max_side)
-    small = scaled(result, (width, height))
+    width, height = request_display_size(*result.size, options)
+    if tuple(result.normalized.shape[-2:]) != (height, width):  # computed at another size: resample
+        normalized = F.interpolate(result.normalized[None].float(), (height, width), mode="area")[0]
+        coverage = None if result.coverage is None else F.interpolate(
+            result.coverage[None, None].float(), (height, width), mode="nearest")[0, 0].bool()
+        result = dataclasses.replace(result, normalized=normalized, coverage=coverage)
+    small = dataclasses.replace(result, boxes=display_boxes(result, (width, height)))
+    original_w, original_h = result.size
     picture = image
     if (width, height) != image.size:
         picture = image.resize((width, height), Image.Resampling.LANCZOS)
@@ -206,7 +282,9 @@ def explain_response(
                                           colormap=options.colormap))
     return {
         **result.to_record(),
-        "display": {"width": width, "height": height, "scale": result.size[0] / width},
+        "display": {"width": width, "height": height,
+                    "scale": max(original_w, original_h) / max(width, height),
+                    "scale_x": original_w / width, "scale_y": original_h / height},
         "options": {"threshold": config.box_threshold(model), "colormap": options.colormap,
                     "opacity": options.opacity, "policy": config.policy, "method": result.method},
         "picture": data_url(picture, "jpeg"),
@@ -216,6 +294,93 @@ def explain_response(
 
 
 # --------------------------------------------------------------------------- the app
+
+
+class SecurityHeaders:
+    """ASGI middleware: :data:`SECURITY_HEADERS` on every HTTP response (a Content-Security-Policy
+    that allows only the app's own scripts and styles, no framing, no sniffing, no referrer)."""
+
+    def __init__(self, app: ASGIApp, headers: dict[str, str] = SECURITY_HEADERS):
+        self.app = app
+        self.headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", ())}
+                message = {**message, "headers": [*message.get("headers", ()),
+                                                  *(h for h in self.headers if h[0] not in present)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class Admission:
+    """At most ``workers`` explain requests at work, at most ``max_queue`` waiting for a turn.
+
+    ``async with admission.turn():`` waits (in the event loop, holding no thread) or raises
+    :class:`ApiError` 503 with a ``Retry-After`` estimated from recent requests when the
+    queue is full. When the last request leaves (and again once its answer is sent, see
+    :meth:`release_if_idle`), freed memory goes back to the kernel
+    (:func:`camloc.allocator.release_memory`), so a large request does not leave the process
+    larger.
+    """
+
+    def __init__(self, workers: int = DEFAULT_WORKERS, max_queue: int = DEFAULT_MAX_QUEUE):
+        if workers < 1 or max_queue < 0:
+            raise ValueError(f"workers must be >= 1 and max_queue >= 0, got {workers} and {max_queue}")
+        self.workers, self.max_queue = workers, max_queue
+        self.waiting = self.active = 0
+        self.seconds = 1.0  # running mean of a request's time at work
+        self._semaphore: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _slots(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # one per event loop (a test client may start several)
+            self._semaphore, self._loop = asyncio.Semaphore(self.workers), loop
+        return self._semaphore
+
+    def retry_after(self) -> int:
+        """Seconds until the queue has likely moved on (at least 1)."""
+        return max(1, math.ceil((self.waiting + self.active) * self.seconds / self.workers))
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        slots = self._slots()
+        if self.waiting >= self.max_queue and (slots.locked() or self.waiting):
+            raise ApiError(503, f"server busy: {self.waiting} requests already waiting for the model; "
+                                f"retry in {self.retry_after()} s",
+                           headers={"Retry-After": str(self.retry_after())})
+        self.waiting += 1
+        try:
+            await slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.active += 1
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.active -= 1
+            slots.release()
+            self.seconds = 0.8 * self.seconds + 0.2 * (time.monotonic() - started)
+            if self.idle:
+                await run_in_threadpool(release_memory)
+
+    @property
+    def idle(self) -> bool:
+        return self.active == 0 and self.waiting == 0
+
+    def release_if_idle(self) -> None:
+        """After an answer is sent (its JSON, megabytes of base64, is built after the turn):
+        freed memory back to the kernel when no other request is at work or waiting."""
+        if self.idle:
+            release_memory()
 
 
 class UploadLimit:
@@ -243,10 +408,10 @@ def upload_limit_message(max_bytes: int, size: int | None = None) -> str:
     return f"upload too large{got}: the limit is {max_bytes / 1e6:.3g} MB"
 
 
-def error_response(status: int, message: str) -> JSONResponse:
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """``{"error": "one line"}`` with ``status``."""
     first_line = str(message).strip().splitlines()[0] if str(message).strip() else "error"
-    return JSONResponse({"error": first_line}, status_code=status)
+    return JSONResponse({"error": first_line}, status_code=status, headers=headers)
 
 
 def validation_message(error: RequestValidationError) -> str:
@@ -265,7 +430,7 @@ def install_error_handlers(app: FastAPI, max_upload: int) -> None:
         message = str(error.detail)
         if error.status_code == 413 and message == "Content Too Large":
             message = upload_limit_message(max_upload)
-        return error_response(error.status_code, message)
+        return error_response(error.status_code, message, error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -277,8 +442,9 @@ def install_error_handlers(app: FastAPI, max_upload: int) -> None:
 
     @app.exception_handler(Exception)
     async def internal_error(_request: Request, error: Exception) -> JSONResponse:
-        # A bug, not a user error: still one line of JSON; uvicorn logs the traceback.
-        return error_response(500, f"internal error: {type(error).__name__}: {error}")
+        # A bug, not a user error: still one line of JSON; uvicorn logs the traceback. This
+        # handler answers outside the app's middleware: it adds the security headers itself.
+        return error_response(500, f"internal error: {type(error).__name__}: {error}", SECURITY_HEADERS)
 
 
 def create_app(
@@ -288,6 +454,9 @@ def create_app(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     samples: Path | None = None,
     config: ExplainConfig | None = None,
+    allowed_hosts: Sequence[str] | None = None,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    workers: int = DEFAULT_WORKERS,
 ) -> FastAPI:
     """The FastAPI app serving ``model``: the page at ``/``, the API under ``/api``.
 
@@ -295,28 +464,41 @@ def create_app(
     the header, before decoding). ``samples`` is a folder of photos the page offers
     (default: the bundled ones). ``config``: the server's explanation settings, which a
     request's ``topk``, ``class``, ``method``, ``policy`` and ``threshold`` override.
+    ``allowed_hosts``: the ``Host`` headers answered (default :data:`LOCAL_HOSTS`; ``"*"``
+    any, ``"*.example.com"`` a domain's subdomains), others get 400. ``workers`` explain
+    requests are at work at once, ``max_queue`` more may wait; beyond, 503 with ``Retry-After``.
     """
     explainer = Explainer(model, config)
+    admission = Admission(workers, max_queue)
     samples_dir = Path(samples) if samples is not None else Path(str(STATIC / "samples"))
     app = FastAPI(
         title="camloc",
         version=_version(),
         summary="Class Activation Maps: where an image classifier looks, and object boxes from it.",
+        docs_url=None,  # FastAPI's Swagger UI and ReDoc load scripts and fonts from public CDNs
+        redoc_url=None,
     )
     install_error_handlers(app, max_upload)
     app.add_middleware(UploadLimit, max_bytes=max_upload)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts or LOCAL_HOSTS), www_redirect=False)
+    app.add_middleware(SecurityHeaders)  # added last: outermost, on every answer of the app
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(str(STATIC / "index.html"), media_type="text/html")
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(api_docs_page(app.openapi()))
+
     @app.get("/api/health")
-    def health() -> dict[str, str]:
-        """Liveness: the model is loaded and the server answers."""
+    async def health() -> dict[str, str]:
+        """Liveness: the model is loaded and the server answers (in the event loop, never
+        behind explain requests)."""
         return {"status": "ok", "model": model.name}
 
     @app.get("/api/model")
-    def model_info() -> dict[str, Any]:
+    async def model_info() -> dict[str, Any]:
         """The served model: name, number of classes, input size, preprocessing, methods."""
         return {
             "name": model.name,
@@ -329,15 +511,17 @@ def create_app(
             "exact_cam": model.head_error is None,
             "methods": ["auto", *list_methods()],
             "policies": list(RESIZE_POLICIES),
-            "limits": {"max_upload_bytes": max_upload, "max_pixels": max_pixels},
+            "limits": {"max_upload_bytes": max_upload, "max_pixels": max_pixels,
+                       "max_display_pixels": MAX_DISPLAY_PIXELS, "max_map_pixels": MAX_MAP_PIXELS,
+                       "max_topk": MAX_TOPK, "workers": workers, "max_queue": max_queue},
         }
 
     @app.get("/api/classes")
-    def classes() -> list[str]:
+    async def classes() -> list[str]:
         """The model's class names, in index order."""
         return model.class_names
 
-    @app.get("/api/colormaps/{name}")
+    @app.get("/api/colormaps/{name}", responses=error_responses(400, 422))
     def colormap(name: str) -> dict[str, Any]:
         """A matplotlib colormap as 256 ``[r, g, b]`` entries (the page blends with it)."""
         return {"name": name, "lut": render.colormap_lut(name).tolist()}
@@ -348,8 +532,9 @@ def create_app(
         return [{"name": path.stem, "url": f"/samples/{path.name}"}
                 for path in sample_files(samples_dir)]
 
-    @app.post(EXPLAIN_PATH, max_body_size=max_upload)
+    @app.post(EXPLAIN_PATH, max_body_size=max_upload, responses=error_responses(400, 413, 415, 422, 503))
     async def explain_upload(
+        background: BackgroundTasks,
         file: ImageUpload,
         topk: TopK = 1,
         class_: Classes = None,
@@ -373,13 +558,22 @@ def create_app(
                 raise ApiError(422, f"threshold: {error}") from None
         if len(options.classes) > MAX_TOPK:
             raise ApiError(422, f"class: at most {MAX_TOPK} classes a request, got {len(options.classes)}")
+        if threshold is not None:
+            try:
+                parse_threshold(threshold)
+            except ValueError as error:  # out of range or not a rule: a form value, like topk=0
+                raise ApiError(422, f"threshold: {error}") from None
         render.colormap_lut(colormap)  # unknown colormap → 400 before any work
         name = Path(file.filename or "upload").name
-        data = await file.read()
-        image = await run_in_threadpool(decode_upload, data, name, file.content_type, max_pixels)
-        result = await run_in_threadpool(explainer.explain, image, name, options)
-        return await run_in_threadpool(explain_response, image, result, options,
-                                       options.config(explainer.config), model)
+        background.add_task(admission.release_if_idle)  # runs once the answer is sent
+        async with admission.turn():  # the upload waits spooled (on disk over 1 MB), not in memory
+            data = await file.read()
+            image = await run_in_threadpool(decode_upload, data, name, file.content_type, max_pixels)
+            del data
+            size = request_display_size(image.width, image.height, options)
+            result = await run_in_threadpool(explainer.explain, image, name, options, size)
+            return await run_in_threadpool(explain_response, image, result, options,
+                                           options.config(explainer.config), model)
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     if samples_dir.is_dir():
@@ -387,10 +581,53 @@ def create_app(
     return app
 
 
+def api_docs_page(schema: dict[str, Any]) -> str:
+    """``GET /docs``: the endpoints and form fields of the OpenAPI schema as plain HTML (no
+    script, no CDN; the machine-readable schema is ``/openapi.json``)."""
+    escape = html.escape
+    rows = []
+    for path, operations in schema.get("paths", {}).items():
+        for verb, operation in operations.items():
+            fields = ""
+            content = operation.get("requestBody", {}).get("content", {})
+            for body in content.values():
+                ref = body.get("schema", {}).get("$ref", "")
+                component = schema.get("components", {}).get("schemas", {}).get(ref.rsplit("/", 1)[-1], {})
+                items = [f"<li><code>{escape(n)}</code>: {escape(str(f.get('description', '')))}</li>"
+                         for n, f in component.get("properties", {}).items()]
+                fields = f"<ul>{''.join(items)}</ul>" if items else ""
+            summary = escape(operation.get("description") or operation.get("summary") or "")
+            rows.append(f"<tr><td><code>{escape(verb.upper())} {escape(path)}</code></td>"
+                        f"<td>{summary}{fields}</td></tr>")
+    info = schema.get("info", {})
+    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{escape(info.get('title', 'API'))} API</title>"
+            "<link rel=\"stylesheet\" href=\"/static/style.css\"></head><body><main><section>"
+            f"<h1>{escape(info.get('title', ''))} {escape(info.get('version', ''))} API</h1>"
+            "<p>The OpenAPI schema: <a href=\"/openapi.json\">/openapi.json</a> (load it into any "
+            "OpenAPI viewer). The page: <a href=\"/\">/</a>.</p>"
+            f"<table>{''.join(rows)}</table></section></main></body></html>")
+
+
 def sample_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+
+
+def default_allowed_hosts(host: str) -> list[str]:
+    """:data:`LOCAL_HOSTS`, plus the address the server binds to when it is a specific one.
+
+    >>> default_allowed_hosts("127.0.0.1"), default_allowed_hosts("0.0.0.0")[-1], default_allowed_hosts("10.0.0.5")[-1]
+    (['localhost', '127.0.0.1', '::1', '[::1]'], '[::1]', '10.0.0.5')
+    """
+    hosts = list(LOCAL_HOSTS)
+    bound = host.strip().lower()
+    if bound not in WILDCARD_BINDS and bound not in hosts:
+        hosts.append(bound)
+        if ":" in bound and not bound.startswith("["):  # an IPv6 address: as a Host header writes it
+            hosts.append(f"[{bound}]")
+    return hosts
 
 
 def _version() -> str:
@@ -408,11 +645,17 @@ def serve(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     config: ExplainConfig | None = None,
     on_ready: Callable[[str], None] | None = None,
+    allowed_hosts: Sequence[str] | None = None,
+    max_queue: int = DEFAULT_MAX_QUEUE,
 ) -> None:
-    """Serve ``model`` with uvicorn until interrupted (binds to 127.0.0.1 by default)."""
+    """Serve ``model`` with uvicorn until interrupted (binds to 127.0.0.1 by default).
+
+    ``allowed_hosts`` (default: :func:`default_allowed_hosts` of ``host``) are the ``Host``
+    headers answered."""
     import uvicorn
 
-    app = create_app(model, max_upload=max_upload, max_pixels=max_pixels, config=config)
+    app = create_app(model, max_upload=max_upload, max_pixels=max_pixels, config=config,
+                     allowed_hosts=allowed_hosts or default_allowed_hosts(host), max_queue=max_queue)
     if on_ready:
         on_ready(f"http://{host}:{port}/")
     uvicorn.run(app, host=host, port=port, log_level="info")

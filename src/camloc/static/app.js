@@ -159,7 +159,8 @@ async function redraw() {
   const target = result.cams[state.selected];
   if (box) {
     drawBox(ctx, box);
-    const original = box.map((v) => Math.round(v * result.display.scale));
+    const { scale_x: sx, scale_y: sy } = result.display;
+    const original = box.map((v, i) => Math.round(v * (i % 2 ? sy : sx)));
     $("box").textContent = `Box of “${target.label}” at threshold ${threshold.toFixed(2)}: ` +
       `[${original.join(", ")}] (x0, y0, x1, y1 in original pixels)`;
     $("box").dataset.box = JSON.stringify(original);
