@@ -105,7 +105,7 @@ def test_api_run_and_serve_agree(name, models, checkpoint, tmp_path):
          "camloc run")
 
     server = {k: v for k, v in fields.items() if k not in SERVE_FIELDS}
-    client = TestClient(create_app(model, config=ExplainConfig(**server)))
+    client = TestClient(create_app(model, config=ExplainConfig(**server)), base_url="http://localhost")
     answers = []
     for photo in PHOTOS:
         form = {key: str(value) for key, value in fields.items() if key in SERVE_FIELDS and key != "classes"}
