@@ -44,6 +44,7 @@ from ..config import RUNTIMES
 from ..errors import ModelError
 from .adapter import ClassifierAdapter, inference_mode
 from .cache import cache_dir, digest, read_record, versions, write_bytes, write_record
+from .external import ExternalAdapter
 
 EXTERNAL_RUNTIMES = ("onnxruntime", "openvino")
 _PACKAGES = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
@@ -116,6 +117,8 @@ class OnnxRuntimeRunner(Runner):
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no busy-waiting between ops: decoding workers and writer threads share the cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return onnxruntime.InferenceSession(self.onnx_path, options, providers=["CPUExecutionProvider"])
 
     def run(self, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -185,11 +188,17 @@ class RuntimeAdapter(ClassifierAdapter):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
-    def to(self, device: str | torch.device) -> RuntimeAdapter:
-        if torch.device(device).type != "cpu":
-            raise ModelError(f"the {self.runtime} runtime runs on the CPU; load the model with "
-                             f"runtime='torch' (--runtime torch) to run it on {device}")
-        return self
+    def to(self, device: str | torch.device) -> ClassifierAdapter:
+        """Itself on the CPU; elsewhere (the runtimes run on CPUs) the eager adapter there."""
+        if torch.device(device).type == "cpu":
+            return self
+        return self.eager().to(device)
+
+    def eager(self) -> ClassifierAdapter:
+        """The same model with its forward pass in eager PyTorch."""
+        return ClassifierAdapter(
+            model=self.model, weight=self.weight, bias=self.bias, neck=self.neck, pre_pool=self.pre_pool,
+            fingerprint=self.fingerprint, **{name: getattr(self, name) for name in _FIELDS})
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -363,8 +372,7 @@ def with_runtime(adapter: ClassifierAdapter, runtime: str = "auto", log: Log | N
     say = log or (lambda _line: None)
     if runtime == "torch" or isinstance(adapter, RuntimeAdapter):
         return adapter
-    if not isinstance(adapter.model, nn.Module) or getattr(adapter, "session", None) is not None \
-            or type(adapter).__name__ in ("OnnxAdapter", "KerasAdapter"):
+    if isinstance(adapter, ExternalAdapter) or not isinstance(adapter.model, nn.Module):
         if runtime != "auto":
             raise ModelError(f"--runtime {runtime} runs PyTorch networks; {adapter.name} already runs "
                              f"in its own runtime ({adapter.source})")
