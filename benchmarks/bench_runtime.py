@@ -4,7 +4,8 @@
 
 Every contender is the folder job behind `camloc run` (decode in DataLoader workers, CAM,
 boxes, overlays and results.jsonl written) on the same photos, model (the default, dilated
-as `camloc run` loads it) and batch size, run round-robin; the baselines of the same run
+as `camloc run` loads it) and batch size, run round-robin chunk by chunk (``--chunk`` photos
+a turn, so a shared machine's drift hits every contender alike); the baselines of the same run
 are `--runtime torch` (today's `camloc run`) and an eager forward-only loop (decode,
 preprocess, forward). `auto` is what `camloc run` uses by default: the row says which
 runtime it chose. Agreement is against `--runtime torch` on every photo: identical top-1,
@@ -55,7 +56,7 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=DEV if DEV.is_dir() else ROOT / "examples" / "images")
     parser.add_argument("--batch", default="16", help="batch sizes, comma-separated")
     parser.add_argument("--runtimes", default="torch,onnxruntime,openvino,auto")
-    parser.add_argument("--repeats", type=int, default=1, help="round-robin rounds (best kept)")
+    parser.add_argument("--chunk", type=int, default=60, help="photos per turn of the round-robin")
     parser.add_argument("--workers", type=int, default=None)
     allocator_option(parser)
     args = parser.parse_args()
@@ -70,28 +71,37 @@ def main() -> None:
           f"{models.get('auto', models['torch']).runtime}")
     scratch = Path(tempfile.mkdtemp(prefix="camloc-bench-runtime-"))
     table = []
+    chunks = [paths[i : i + args.chunk] for i in range(0, len(paths), args.chunk)]
+    contenders = [*runtimes, "forward-only"]
     try:
         for batch in [int(b) for b in args.batch.split(",")]:
-            best = dict.fromkeys([*runtimes, "forward-only"], 0.0)
-            results: dict[str, dict] = {}
-            for round_ in range(args.repeats):
-                for name in [*runtimes, "forward-only"]:
+            seconds = dict.fromkeys(contenders, 0.0)
+            done = dict.fromkeys(contenders, 0)
+            results: dict[str, dict] = {name: {} for name in runtimes}
+            # chunk by chunk, every contender in turn: the machine's drift hits all alike
+            for index, chunk in enumerate(chunks):
+                for name in contenders:
                     if name == "forward-only":
-                        workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
-                        rate = forward_only(models["torch"], paths, batch, workers)
+                        workers = args.workers if args.workers is not None else (
+                            0 if len(chunk) <= 2 * batch else min(4, os.cpu_count() or 1))  # as camloc run
+                        rate = forward_only(models["torch"], chunk, batch, workers)
+                        seconds[name] += len(chunk) / rate
+                        done[name] += len(chunk)
                     else:
-                        out = scratch / f"{name}-{batch}-{round_}"
+                        out = scratch / f"{name}-{batch}-{index}"
                         options = RunOptions.build(out=out, batch_size=batch, workers=args.workers)
-                        summary = run(models[name], [str(args.images)], options)
-                        rate = summary.done / summary.seconds
-                        results[name] = records(out)
+                        summary = run(models[name], [str(p) for p in chunk], options)
+                        seconds[name] += summary.seconds
+                        done[name] += summary.done
+                        results[name].update(records(out))
                         shutil.rmtree(out, ignore_errors=True)
-                    best[name] = max(best[name], rate)
-                    print(f"  batch {batch} round {round_}: {name:12s} {rate:6.2f} images/s", flush=True)
-            for name in [*runtimes, "forward-only"]:
+                print(f"  batch {batch}, {sum(map(len, chunks[: index + 1]))} photos: " + ", ".join(
+                    f"{name} {done[name] / seconds[name]:.2f}" for name in contenders) + " images/s", flush=True)
+            rate = {name: done[name] / seconds[name] for name in contenders}
+            for name in contenders:
                 top1, boxes = agreement(results["torch"], results[name]) if name in results else (None, None)
                 label = f"auto ({models['auto'].runtime})" if name == "auto" else name
-                table.append((label, batch, best[name], best[name] / best["torch"], top1, boxes))
+                table.append((label, batch, rate[name], rate[name] / rate["torch"], top1, boxes))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"\n{len(paths)} photos from {args.images}; `camloc run` job (overlays + results.jsonl), "

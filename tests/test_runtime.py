@@ -166,3 +166,20 @@ def test_runtime_option_of_the_installed_command(tmp_path):
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--runtime torch" in refused.stderr
     info = subprocess.run([*CAMLOC, "info", "--runtime", "onnxruntime"], capture_output=True, text=True, timeout=600)
     assert info.returncode == 0 and "runtime:       onnxruntime" in info.stdout
+
+
+@pytest.mark.skipif(not EXTERNAL, reason="neither onnxruntime nor openvino installed")
+def test_a_runtime_model_pickles_with_its_graph(tmp_path):
+    """Ray ships the model to actors, maybe on machines without this cache: the graph travels."""
+    import pickle
+
+    model = camloc.load_model(tiny(), runtime=EXTERNAL[0])
+    batch = torch.randn(2, 3, 224, 224)
+    state = model.runner.__getstate__()
+    state["onnx_path"] = str(tmp_path / "elsewhere" / "model.onnx")  # not on the other machine
+    runner = type(model.runner).__new__(type(model.runner))
+    runner.__dict__.update(pickle.loads(pickle.dumps(state)))
+    assert torch.allclose(runner(batch)[0], model.forward_with_features(batch)[0], atol=1e-5)
+    again = pickle.loads(pickle.dumps(model))
+    assert again.runtime == model.runtime and torch.allclose(again.forward_with_features(batch)[0],
+                                                             model.forward_with_features(batch)[0], atol=1e-5)
