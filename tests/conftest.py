@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ _SCRIPT = Path(sys.executable).with_name("camloc")
 CAMLOC = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "camloc.cli"]
 
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+# camloc's on-disk cache (heads found, runtime choices, exported graphs): one fresh folder per
+# test session, shared with the `camloc` commands the tests run
+os.environ["CAMLOC_CACHE"] = tempfile.mkdtemp(prefix="camloc-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -58,3 +58,21 @@ def test_normalize_with_mask():
     assert out[0, 0, 1].item() == pytest.approx(0.0) and out[0, 1, 2].item() == pytest.approx(1.0)
     flat = normalize_maps(torch.ones(1, 3, 3))
     assert float(flat.abs().max()) == 0.0
+
+
+def test_components_equal_scipys_numbering():
+    """The boxes' own connected components (no scipy.sparse import) match scipy's, labels included."""
+    import numpy as np
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from camloc.boxes import _components
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        nodes, edges = int(rng.integers(1, 200)), int(rng.integers(0, 300))
+        source, target = rng.integers(0, nodes, edges), rng.integers(0, nodes, edges)
+        found, label = connected_components(csr_matrix((np.ones(edges), (source, target)), shape=(nodes, nodes)),
+                                            directed=False)
+        ours, own_label = _components(nodes, source, target)
+        assert ours == found and np.array_equal(own_label, label)

@@ -10,7 +10,8 @@ import pytest
 from conftest import ROOT
 
 MODULES = ["camloc", "camloc.config", "camloc.images", "camloc.models", "camloc.models.adapter",
-           "camloc.models.registry", "camloc.models.dilation", "camloc.methods", "camloc.methods.cam",
+           "camloc.models.registry", "camloc.models.dilation", "camloc.models.cache", "camloc.models.runtime",
+           "camloc.methods", "camloc.methods.cam",
            "camloc.methods.views", "camloc.methods.registry", "camloc.maps", "camloc.boxes", "camloc.pipeline",
            "camloc.dataset", "camloc.render", "camloc.jobs.files", "camloc.jobs.local", "camloc.evaluate.ground_truth",
            "camloc.evaluate.metrics", "camloc.evaluate.job", "camloc.allocator"]

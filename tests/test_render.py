@@ -309,3 +309,11 @@ def test_finishing_inside_autocast_stays_float32():
     for a, b, maps in zip(plain, inside, raw, strict=True):
         assert b.normalized.dtype == torch.float32 and maps.dtype == torch.float32
         assert torch.equal(a.normalized, b.normalized) and a.boxes == b.boxes
+
+
+def test_the_default_colormap_is_matplotlibs_jet_without_importing_it():
+    """`jet` is built from its segment data (no matplotlib import at start-up), equal to matplotlib's."""
+    import matplotlib
+
+    table = matplotlib.colormaps["jet"](np.linspace(0.0, 1.0, 256))[:, :3]
+    assert torch.equal(render.colormap_lut("jet"), torch.from_numpy((table * 255).round().astype(np.uint8)))

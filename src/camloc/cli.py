@@ -25,9 +25,12 @@ from .config import (
     DEFAULT_METHOD,
     DEFAULT_NORMALIZATION,
     DEFAULT_POLICY,
+    DEFAULT_RUNTIME,
     DEFAULT_SCALES,
+    GRADIENT_FREE_METHODS,
     NORMALIZATIONS,
     RESIZE_POLICIES,
+    RUNTIMES,
     ExplainConfig,
 )
 from .errors import CamlocError
@@ -75,6 +78,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 Policy = Enum("Policy", {name.replace("-", "_"): name for name in RESIZE_POLICIES}, type=str)
 Normalization = Enum("Normalization", {name: name for name in NORMALIZATIONS}, type=str)
+Runtime = Enum("Runtime", {name: name for name in RUNTIMES}, type=str)
 
 
 class ImageFormat(str, Enum):
@@ -100,6 +104,10 @@ PreprocessOption = Annotated[str | None, typer.Option(
 DilateOption = Annotated[bool, typer.Option(
     "--dilate/--no-dilate", rich_help_panel=MODEL, help="run the network's last stage at 2x resolution (its "
     "stride replaced by dilation): 2x finer maps, better boxes; --no-dilate: the network as trained")]
+RuntimeOption = Annotated[Runtime, typer.Option(
+    "--runtime", rich_help_panel=SPEED, help="where plain CAM's forward pass runs: auto (the fastest runtime that "
+    "agrees with PyTorch here, chosen once per model and cached), torch (eager), onnxruntime, openvino; "
+    "gradient methods and --amp always run in eager PyTorch")]
 MethodOption = Annotated[str, typer.Option(
     "--method", rich_help_panel=METHOD, help="auto (CAM when exact, else gradcam), cam, gradcam, gradcam++, "
     "layercam, scorecam")]
@@ -167,11 +175,25 @@ def explain_config(*, topk: int = 1, rank: int | None = None, classes: list[str]
 
 
 def load(model: str | None, weights: Path | None, device: str, preprocess: str | None = None,
-         dilate: bool = True):
+         dilate: bool = True, runtime: Any = "torch", method: str = DEFAULT_METHOD, layer: str | None = None,
+         amp: bool = False):
     from .models import load_model
 
+    runtime = getattr(runtime, "value", runtime)
+    eager_only = None  # what needs the eager PyTorch network
+    if method not in GRADIENT_FREE_METHODS:
+        eager_only = f"--method {method} hooks PyTorch modules and needs autograd"
+    elif layer is not None:
+        eager_only = "--layer picks a gradient method's layer, and gradient methods need autograd"
+    elif amp:
+        eager_only = "--amp is bfloat16 autocast of the PyTorch network"
+    if eager_only and runtime != "torch":
+        if runtime != "auto":
+            fail(f"--runtime {runtime}: {eager_only}; use --runtime torch (or auto)")
+        runtime = "torch"  # auto: the network runs in eager PyTorch
     return load_model(model, weights=str(weights) if weights is not None else None, device=device,
-                      preprocess=preprocess, dilate=dilate)
+                      preprocess=preprocess, dilate=dilate, runtime=runtime,
+                      log=lambda line: say(line, prefix="camloc: "))
 
 
 def need(module: str, extra: str, what: str) -> None:
@@ -211,6 +233,7 @@ def run(
     device: DeviceOption = "auto",
     preprocess: PreprocessOption = None,
     dilate: DilateOption = True,
+    runtime: RuntimeOption = Runtime(DEFAULT_RUNTIME),
     topk: Annotated[int, typer.Option(
         "--topk", "-k", min=1, rich_help_panel=METHOD, help="explain the k most likely classes")] = 1,
     rank: Annotated[int | None, typer.Option(
@@ -274,7 +297,8 @@ def run(
         save_maps=save_maps), batch_size=batch_size, workers=workers, resume=resume, max_pixels=max_pixels,
         exports=exports)
     check_out_dir(out)
-    adapter = load(model, weights, "cpu" if engine is Engine.ray else device, preprocess, dilate)
+    adapter = load(model, weights, "cpu" if engine is Engine.ray else device, preprocess, dilate, runtime,
+                   method, layer, amp)
     progress = progress_bar("explaining")
     task = None
     finished = 0
@@ -363,6 +387,7 @@ def evaluate(
     device: DeviceOption = "auto",
     preprocess: PreprocessOption = None,
     dilate: DilateOption = True,
+    runtime: RuntimeOption = Runtime(DEFAULT_RUNTIME),
     method: MethodOption = DEFAULT_METHOD,
     layer: LayerOption = None,
     policy: PolicyOption = Policy(DEFAULT_POLICY),
@@ -407,7 +432,7 @@ def evaluate(
         if json_path.is_dir():
             fail(f"--json {json_path}: is a folder")
         check_out_dir(json_path.parent, "--json")
-    adapter = load(model, weights, device, preprocess, dilate)
+    adapter = load(model, weights, device, preprocess, dilate, runtime, method, layer, amp)
     from .evaluate.job import evaluate as run_eval
     from .evaluate.rules import SHORTLIST
 
@@ -498,9 +523,10 @@ def print_metrics(metrics: dict) -> None:
 
 @app.command()
 def info(model: ModelOption = None, weights: WeightsOption = None, device: DeviceOption = "auto",
-         preprocess: PreprocessOption = None, dilate: DilateOption = True) -> None:
-    """Show what camloc found in a model: feature layer, head, classes, preprocessing."""
-    adapter = load(model, weights, device, preprocess, dilate)
+         preprocess: PreprocessOption = None, dilate: DilateOption = True,
+         runtime: RuntimeOption = Runtime(DEFAULT_RUNTIME)) -> None:
+    """Show what camloc found in a model: feature layer, head, classes, preprocessing, runtime."""
+    adapter = load(model, weights, device, preprocess, dilate, runtime)
     from .methods import find_spatial_layer
 
     print(f"model:         {adapter.name} ({adapter.source})")
@@ -508,6 +534,7 @@ def info(model: ModelOption = None, weights: WeightsOption = None, device: Devic
     print(f"input size:    {adapter.input_size[0]}x{adapter.input_size[1]}")
     print(f"normalisation: mean={adapter.mean} std={adapter.std}")
     print(f"feature layer: {adapter.feature_layer}")
+    print(f"runtime:       {adapter.runtime} (plain CAM's forward pass; gradient methods: eager PyTorch)")
     if adapter.dilated:
         print("last stage:    dilated (stride 2 → 1, maps at 1/16 of the input instead of 1/32)")
     print(f"gradient layer: {find_spatial_layer(adapter).name} (default --layer of gradcam ...)")
@@ -610,6 +637,7 @@ def serve(
     device: DeviceOption = "auto",
     preprocess: PreprocessOption = None,
     dilate: DilateOption = True,
+    runtime: RuntimeOption = Runtime(DEFAULT_RUNTIME),
     host: Annotated[str, typer.Option(
         "--host", help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 8000,
@@ -646,7 +674,7 @@ def serve(
             fail(f"--allowed-hosts: {pattern!r} is not a host name; a wildcard is '*' or '*.example.com'")
     for module in ("fastapi", "uvicorn", "multipart"):
         need(module, "serve", "camloc serve")
-    adapter = load(model, weights, device, preprocess, dilate)
+    adapter = load(model, weights, device, preprocess, dilate, runtime, method, layer, amp)
     from .serve import serve as run_server
 
     run_server(adapter, host, port, max_upload=int(max_upload_mb * 1e6), max_pixels=max_pixels, config=config,

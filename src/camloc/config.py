@@ -53,6 +53,11 @@ DEFAULT_FLIP = False
 DEFAULT_SCALES = (1.0,)
 DEFAULT_POLICY = "squash"
 DEFAULT_METHOD = "auto"
+# Where plain CAM's forward pass runs (camloc.models.runtime): "auto" picks the fastest runtime
+# whose answers agree with eager PyTorch on this machine, once per model (cached on disk).
+RUNTIMES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
+DEFAULT_RUNTIME = "auto"
+GRADIENT_FREE_METHODS: tuple[str, ...] = ("auto", "cam")  # the methods a runtime can serve
 MAX_SCALE = 4.0
 
 

@@ -268,6 +268,9 @@ class Pipeline:
         self.config = config = config or ExplainConfig()
         self.selection = selection_of(config)
         self.selection.resolve(model)  # unknown classes fail here
+        if config.amp and model.runtime != "torch":
+            raise CamlocError(f"--amp (bfloat16 autocast) runs in eager PyTorch, but {model.name} runs in "
+                              f"{model.runtime}; load it with runtime='torch' (--runtime torch)")
         self.method: Method = get_method(config.method, model, layer=config.layer)
         self.box_options = box_options_of(config, model)
         self.size = network_size(model, config.input_size)

@@ -93,12 +93,16 @@ class Method:
 
     name: ClassVar[str] = ""
     needs_grad: ClassVar[bool] = False
+    hooks_modules: ClassVar[bool] = True  # False: only ``forward_with_features`` (any runtime)
 
     def __init__(self, model: ClassifierAdapter, layer: str | None = None):
         self.model = model
         self.layer = layer
 
     def __call__(self, batch: torch.Tensor, selection: ClassSelection) -> MethodOutput:
+        if not self.hooks_modules and self.model.runtime != "torch":
+            with torch.no_grad():  # the network runs in another runtime (camloc.models.runtime)
+                return self.compute(batch, selection)
         with inference_mode(self.model.model):  # gradient methods enable grad at their layer
             return self.compute(batch, selection)
 

@@ -22,6 +22,7 @@ class CAM(Method):
     """Class Activation Mapping: the classifier's weights applied before pooling."""
 
     name = "cam"
+    hooks_modules = False  # runs in the model's runtime (camloc.models.runtime)
 
     def __init__(self, model: ClassifierAdapter, layer: str | None = None):
         model.require_cam()

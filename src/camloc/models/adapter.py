@@ -14,6 +14,8 @@ feature map fed to the pooling. The decomposition is then checked numerically:
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..classnames import imagenet_class_names
 from ..errors import ClassError, ModelError
+from .cache import digest, read_record, write_record
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -108,6 +111,9 @@ class ClassifierAdapter:
     source: str = ""
     box_threshold: float | str | None = None  # recommended box rule (trained checkpoints)
     dilated: bool = False  # last stage run at 2x resolution (dilate_last_stage)
+    fingerprint: str | None = field(default=None, repr=False, compare=False)  # structure + weights
+
+    runtime = "torch"  # what runs the network's forward pass (camloc.models.runtime)
 
     @property
     def num_classes(self) -> int:
@@ -378,10 +384,19 @@ def adapt(
         device = next(model.parameters()).device
     except StopIteration:
         device = torch.device("cpu")
-    example = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
-    found = find_head(model, example)
-    with inference_mode(model):
-        num_classes = model(example[:1]).shape[-1]
+    key = head_key(model, size, device)
+    cached = _head_from_record(model, read_record("heads", key))
+    example = None
+    if cached is not None:  # found before for this very network: no traced forward, no check
+        found, num_classes = cached
+    else:
+        example = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
+        found = find_head(model, example)
+        if found.get("weight") is not None:
+            num_classes = found["weight"].shape[0]
+        else:
+            with inference_mode(model):
+                num_classes = model(example[:1]).shape[-1]
     if class_names is None:
         class_names = imagenet_class_names() if num_classes == 1000 else [
             f"class_{i}" for i in range(num_classes)]
@@ -395,11 +410,116 @@ def adapt(
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
         source=source,
+        fingerprint=key,
         **found,
     )
-    if adapter.head_error is None:
-        check_identity(adapter, example)
+    if example is not None:
+        if adapter.head_error is None:
+            check_identity(adapter, example)
+        record = _head_record(model, adapter, num_classes)
+        if record is not None:
+            write_record("heads", key, record)
     return adapter
+
+
+# --------------------------------------------------------------------------- the head cache
+
+
+def fingerprint(model: nn.Module) -> str:
+    """Digest of a network's class, structure (its ``repr``: layers, strides, dilations) and
+    every parameter and buffer: equal digests, equal networks."""
+    hasher = hashlib.blake2b(digest_size=16)
+    hasher.update(f"{type(model).__module__}.{type(model).__qualname__}\n{model!r}".encode())
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach()
+        hasher.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
+        if tensor.numel():
+            flat = tensor.cpu().contiguous().reshape(-1)
+            hasher.update(flat.view(torch.uint8).numpy() if flat.dtype != torch.bool else flat.numpy())
+    return hasher.hexdigest()
+
+
+def head_key(model: nn.Module, size: tuple[int, int], device: torch.device) -> str:
+    """The cache key of what :func:`adapt` finds in ``model`` at input ``size``."""
+    return digest({"network": fingerprint(model), "size": list(size), "device": device.type,
+                   "torch": torch.__version__})
+
+
+class _Uncacheable(Exception):
+    pass
+
+
+def _head_record(model: nn.Module, adapter: ClassifierAdapter, num_classes: int) -> dict | None:
+    """What :func:`find_head` found, by the names of the model's own tensors (``None``: not
+    expressible that way, e.g. a weight computed in the forward pass)."""
+    if adapter.head_error is not None:
+        return {"head_error": adapter.head_error, "num_classes": num_classes}
+    names = {id(t): n for n, t in model.named_parameters(remove_duplicate=False)}
+    names.update({id(t): n for n, t in model.named_buffers(remove_duplicate=False)})
+
+    def name_of(tensor):
+        if tensor is None:
+            return None
+        if id(tensor) not in names:
+            raise _Uncacheable
+        return names[id(tensor)]
+
+    try:
+        neck = [{"kind": step.kind, "weight": name_of(step.weight), "bias": name_of(step.bias),
+                 "eps": float(step.eps), "running_mean": name_of(step.running_mean),
+                 "running_var": name_of(step.running_var)} for step in adapter.neck]
+        pre_pool = []
+        for func, args, kwargs in adapter.pre_pool:
+            where = f"{getattr(func, '__module__', None)}:{getattr(func, '__qualname__', None)}"
+            if _resolve(where) is not func:
+                raise _Uncacheable
+            json.dumps([args, kwargs])  # plain numbers and flags only
+            pre_pool.append({"func": where, "args": list(args), "kwargs": kwargs})
+        return {"feature_layer": adapter.feature_layer, "weight": name_of(adapter.weight),
+                "bias": name_of(adapter.bias), "neck": neck, "pre_pool": pre_pool,
+                "num_classes": num_classes}
+    except (_Uncacheable, TypeError, ValueError):
+        return None
+
+
+def _resolve(where: str):
+    import importlib
+
+    module, _, qualname = where.partition(":")
+    try:
+        value = importlib.import_module(module)
+        for part in qualname.split("."):
+            value = getattr(value, part)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return value
+
+
+def _head_from_record(model: nn.Module, record: dict | None) -> tuple[dict[str, Any], int] | None:
+    """The ``find_head`` result rebuilt from a cache record without running the model."""
+    if record is None:
+        return None
+    try:
+        if record.get("head_error"):
+            return {"head_error": record["head_error"]}, int(record["num_classes"])
+        tensors = dict(model.named_parameters(remove_duplicate=False))
+        tensors.update(model.named_buffers(remove_duplicate=False))
+        get = lambda name: None if name is None else tensors[name]  # noqa: E731
+        neck = [NeckStep(step["kind"], get(step["weight"]), get(step["bias"]), float(step["eps"]),
+                         running_mean=get(step["running_mean"]), running_var=get(step["running_var"]))
+                for step in record["neck"]]
+        pre_pool = []
+        for step in record["pre_pool"]:
+            func = _resolve(step["func"])
+            if func is None:
+                return None
+            pre_pool.append((func, tuple(step["args"]), dict(step["kwargs"])))
+        model.get_submodule(record["feature_layer"])
+        found = {"feature_layer": record["feature_layer"], "weight": get(record["weight"]),
+                 "bias": get(record["bias"]), "neck": neck, "pre_pool": pre_pool}
+        return found, int(record["num_classes"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def check_identity(adapter: ClassifierAdapter, example: torch.Tensor) -> None:

