@@ -18,7 +18,8 @@ from camloc.models import dilation as dilation_module
 from camloc.models import runtime as runtime_module
 from camloc.models.adapter import ClassifierAdapter, inference_mode
 
-EXTERNAL = [r for r in runtime_module.EXTERNAL_RUNTIMES if runtime_module.available(r)]
+# the test install has both (the onnx and openvino extras): each is tested, none skipped
+EXTERNAL = list(runtime_module.EXTERNAL_RUNTIMES)
 
 
 class Tiny(nn.Module):
@@ -69,7 +70,6 @@ def test_identity_and_agreement_on_each_runtime(runtime):
     assert max(abs(a - b) for a, b in zip(result.boxes[0][0], reference.boxes[0][0], strict=True)) <= 1
 
 
-@pytest.mark.skipif(not EXTERNAL, reason="neither onnxruntime nor openvino installed")
 def test_auto_probes_once_then_reads_its_choice(fresh_cache, monkeypatch):
     probes = []
     real_probe = runtime_module.probe
@@ -88,7 +88,6 @@ def test_auto_says_why_it_keeps_torch(fresh_cache, monkeypatch):
     assert model.runtime == "torch" and len(lines) == 1 and "neither onnxruntime nor openvino is installed" in lines[0]
 
 
-@pytest.mark.skipif(not EXTERNAL, reason="neither onnxruntime nor openvino installed")
 def test_auto_refuses_a_runtime_that_disagrees(fresh_cache, monkeypatch):
     lines = []
     monkeypatch.setattr(runtime_module, "agreement", lambda *a: "its top-1 class differs from eager PyTorch's")
@@ -105,7 +104,6 @@ def test_unknown_or_unavailable_runtime_is_one_error(monkeypatch):
         camloc.load_model(tiny(), runtime="onnxruntime")
 
 
-@pytest.mark.skipif(not EXTERNAL, reason="neither onnxruntime nor openvino installed")
 def test_gradient_methods_run_the_eager_network():
     model = camloc.load_model(tiny(), runtime=EXTERNAL[0])
     [result] = camloc.explain(model, EXAMPLES / "coffee.jpg", method="gradcam")
@@ -132,22 +130,19 @@ def test_second_load_traces_nothing(fresh_cache, monkeypatch):
     assert second.weight is second.model.fc.weight  # the second model's own tensors
 
 
-@pytest.mark.skipif(not EXTERNAL, reason="neither onnxruntime nor openvino installed")
 def test_cached_runtime_choice_builds_no_network(monkeypatch):
-    """The default model with auto: the second load neither probes, traces nor builds PyTorch."""
-    camloc.load_model(runtime="auto")
+    """The default model in onnxruntime: the second load neither probes, traces nor builds PyTorch."""
+    camloc.load_model(runtime="onnxruntime")
     events = []
     monkeypatch.setattr(runtime_module, "probe", lambda *a: events.append("probe"))
     monkeypatch.setattr(adapter_module, "find_head", lambda *a: events.append("trace"))
-    model = camloc.load_model(runtime="auto")
-    if model.runtime == "torch":
-        pytest.skip("auto kept eager torch on this machine")
+    model = camloc.load_model(runtime="onnxruntime")
+    assert model.runtime == "onnxruntime"
     assert events == [] and not isinstance(model._network, nn.Module)
     [result] = camloc.explain(model, EXAMPLES / "coffee.jpg")
     assert result.targets[0].label == "espresso" and not isinstance(model._network, nn.Module)
 
 
-@pytest.mark.skipif("onnxruntime" not in EXTERNAL, reason="onnxruntime not installed")
 def test_runtime_option_of_the_installed_command(tmp_path):
     answers = {}
     for runtime in ("torch", "onnxruntime"):
@@ -168,7 +163,6 @@ def test_runtime_option_of_the_installed_command(tmp_path):
     assert info.returncode == 0 and "runtime:       onnxruntime" in info.stdout
 
 
-@pytest.mark.skipif(not EXTERNAL, reason="neither onnxruntime nor openvino installed")
 def test_a_runtime_model_pickles_with_its_graph(tmp_path):
     """Ray ships the model to actors, maybe on machines without this cache: the graph travels."""
     import pickle
