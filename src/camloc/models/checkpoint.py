@@ -8,7 +8,6 @@ ckpt.pt`` needs nothing else.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .adapter import ClassifierAdapter, adapt
-from .torch_models import build_named
+from .torch_models import build_named, load_tensors
 
 CHECKPOINT_FORMAT = "camloc-checkpoint"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
@@ -36,9 +35,7 @@ def load_checkpoint(path: str | os.PathLike) -> ClassifierAdapter:
 def read_payload(path: Path) -> dict[str, Any]:
     """The payload of a camloc checkpoint file (weights only: tensors and plain values)."""
     try:
-        with warnings.catch_warnings():  # torch's advice on pickles is not ours to print
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_tensors(path)
     except Exception:  # noqa: BLE001 - any unreadable file is one user error
         raise ModelError(f"{path} is not a camloc checkpoint (train one with `camloc train`, or pass a "
                          "plain weights file with --model NAME --weights PATH)") from None

@@ -93,6 +93,14 @@ def map_state_dict_by_order(source: dict, target: dict) -> dict:
     return mapped
 
 
+def load_tensors(path: str | os.PathLike) -> object:
+    """``torch.load`` of tensors and plain values only (never code), on the CPU, without
+    torch's warnings about pickles (a file it cannot read raises, and callers say why)."""
+    with warnings.catch_warnings():  # torch's advice on pickles is not ours to print
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_state_dict(network: nn.Module, path: str | os.PathLike) -> None:
     path = Path(path)
     if not path.is_file():
@@ -103,9 +111,7 @@ def load_state_dict(network: nn.Module, path: str | os.PathLike) -> None:
 
             state = load_file(str(path))
         else:
-            with warnings.catch_warnings():  # torch's advice on pickles is not ours to print
-                warnings.simplefilter("ignore")
-                state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_tensors(path)
     except Exception:  # noqa: BLE001 - any unreadable file is one user error
         raise ModelError(f"{path} is not a weights file camloc can read (a state dict saved with "
                          "torch.save, or a .safetensors file)") from None
