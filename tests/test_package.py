@@ -32,7 +32,7 @@ import camloc
 
 # The torch pair the Makefile installs (the package declares ranges).
 TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
-EXTRAS = {"serve", "ray", "keras", "onnx", "all"}
+EXTRAS = {"serve", "ray", "keras", "onnx", "openvino", "lite", "export", "all"}
 # Development tools: dependency groups, never a dependency of the published package.
 DEV_TOOLS = {"pytest", "pytest-timeout", "ruff", "playwright", "httpx", "hypothesis", "schemathesis",
              "pycocotools", "supervision", "mypy", "mkdocs", "mkdocs-material", "mkdocstrings", "grad-cam",

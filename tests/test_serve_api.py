@@ -210,7 +210,7 @@ ERRORS = {
     "unknown method": (dict(files=upload(), data={"method": "magic"}), 400,
                        ["unknown method 'magic'"]),
     "unknown policy": (dict(files=upload(), data={"policy": "stretch"}), 400,
-                       ["unknown resize policy 'stretch'"]),
+                       ["unknown policy 'stretch'"]),
     "no file": (dict(data={"topk": "1"}), 422, ["file: Field required"]),
 }
 

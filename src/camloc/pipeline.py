@@ -58,6 +58,8 @@ def network_size(model: ClassifierAdapter, input_size: int | None = None) -> tup
 
 @dataclass
 class Prediction:
+    """A class of the model with its softmax probability: ``index``, ``label``, ``score``."""
+
     index: int
     label: str
     score: float
