@@ -35,7 +35,7 @@ TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
 EXTRAS = {"serve", "ray", "keras", "onnx", "openvino", "lite", "export", "all"}
 # Development tools: dependency groups, never a dependency of the published package.
 DEV_TOOLS = {"pytest", "pytest-timeout", "ruff", "playwright", "httpx", "hypothesis", "schemathesis",
-             "pycocotools", "supervision", "mypy", "mkdocs", "mkdocs-material", "mkdocstrings", "grad-cam",
+             "supervision", "mypy", "mkdocs", "mkdocs-material", "mkdocstrings", "grad-cam",
              "torchcam", "build"}
 SKIP_DIRS = {".git", ".venv", "build", "dist", "site", "demo-out", "__pycache__", ".pytest_cache",
              ".ruff_cache", ".mypy_cache"}
