@@ -46,11 +46,7 @@ def network_size(model: ClassifierAdapter, input_size: int | None = None) -> tup
     >>> network_size(camloc.load_model("resnet18", weights="random")), network_size(None, 320)
     ((224, 224), (320, 320))
     """
-    if input_size is not None:
-        if input_size < 16:
-            raise CamlocError(f"--input-size must be at least 16 pixels, got {input_size}")
-        return (int(input_size), int(input_size))
-    return (int(model.input_size[0]), int(model.input_size[1]))
+    return ExplainConfig(input_size=input_size).network_size(model)
 
 
 # --------------------------------------------------------------------------- results
