@@ -252,7 +252,7 @@ def check_truth(read, path: Path) -> None:
             assert isinstance(box, GTBox) and isinstance(box.label, str)
             assert len(box.box) == 4 and all(isinstance(v, float) for v in box.box)
             x0, y0, x1, y1 = box.box
-            assert x1 >= x0 and y1 >= y0
+            assert all(math.isfinite(v) for v in box.box) and x1 >= x0 and y1 >= y0
 
 
 CSV_TEXT = "image,label,xmin,ymin,xmax,ymax\ncat.jpg,285,1,2,30,40\ndog.jpg,dog,0,0,10,10\n"
@@ -320,3 +320,15 @@ def test_coco_json_of_any_shape(document):
     import json
 
     check_truth(read_coco_json, write(json.dumps(document).encode(), "any.json"))
+
+
+@pytest.mark.parametrize("values", ["nan,0,10,10", "0,0,inf,10", "-inf,0,1,1", "0,0,1e400,1"])
+def test_non_finite_boxes_are_refused(values):
+    path = write(f"image,label,xmin,ymin,xmax,ymax\na.jpg,1,{values}\n".encode(), "nan.csv")
+    with pytest.raises(CamlocError, match="not four finite numbers"):
+        read_csv_boxes(path)
+
+
+def test_deeply_nested_coco_json_is_refused():
+    with pytest.raises(CamlocError, match="unreadable COCO JSON"):
+        read_coco_json(write(b"[" * 100_000 + b"]" * 100_000, "deep.json"))

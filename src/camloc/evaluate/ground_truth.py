@@ -68,7 +68,7 @@ def _box(values: Sequence[str | float], where: str) -> tuple[float, float, float
         xmin, ymin, xmax, ymax = (float(v) for v in values)
     except (TypeError, ValueError):
         raise GroundTruthError(f"{where}: box {list(values)} is not four numbers") from None
-    if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
+    if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):  # nan, inf: no box
         raise GroundTruthError(f"{where}: box {list(values)} is not four finite numbers")
     if xmax < xmin or ymax < ymin:
         raise GroundTruthError(f"{where}: box {list(values)} has xmax < xmin or ymax < ymin")
@@ -149,9 +149,9 @@ def read_coco_json(path: Path) -> GroundTruth:
             boxes[files[note["image_id"]]].append(
                 GTBox(label, _box([x, y, x + w, y + h], str(path)))
             )
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:  # too deeply nested
         raise GroundTruthError(f"{path}: unreadable COCO JSON ({error})") from None
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError) as error:  # AttributeError: not an object
         raise GroundTruthError(
             f"{path}: not a COCO instances file (bad or missing {error})"
         ) from None
