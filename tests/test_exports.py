@@ -13,8 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import supervision as sv
 from conftest import CAMLOC, EXAMPLES
 from PIL import Image
+from pycocotools import mask as mask_api  # noqa: E402
+from pycocotools.coco import COCO  # noqa: E402
+from pycocotools.cocoeval import COCOeval  # noqa: E402
+from test_evaluate import ColourNet  # noqa: E402
 
 import camloc
 from camloc.config import ExplainConfig
@@ -24,13 +29,6 @@ from camloc.exports.coco import write_coco
 from camloc.exports.yolo import write_yolo
 from camloc.jobs import RunOptions, run
 from camloc.jobs.exporting import convert
-
-pycocotools = pytest.importorskip("pycocotools")
-sv = pytest.importorskip("supervision")
-from pycocotools import mask as mask_api  # noqa: E402
-from pycocotools.coco import COCO  # noqa: E402
-from pycocotools.cocoeval import COCOeval  # noqa: E402
-from test_evaluate import ColourNet  # noqa: E402
 
 FORMATS = ("coco", "yolo", "voc", "labelstudio")
 CLASSES = ["red", "blue"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 from PIL import Image
 
 import camloc
@@ -16,8 +17,6 @@ from camloc.errors import CamlocError
 from camloc.jobs.files import RESULTS_FILE, error_record, read_results
 from camloc.jobs.local import RunOptions
 from camloc.jobs.local import run as run_local
-
-ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 from camloc.jobs.ray import RayOptions, import_ray  # noqa: E402
 from camloc.jobs.ray import run as run_ray  # noqa: E402
 

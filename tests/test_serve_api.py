@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fastapi import testclient as fastapi_testclient
 from PIL import Image
 from serve_helpers import shared_model
 
@@ -21,8 +22,6 @@ from camloc.errors import ImageError
 from camloc.images import read_image
 from camloc.jobs.local import RunOptions, run
 from camloc.serve import create_app
-
-fastapi_testclient = pytest.importorskip("fastapi.testclient")
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
 COFFEE = EXAMPLES / "coffee.jpg"

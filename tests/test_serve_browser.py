@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from playwright import sync_api as playwright_sync
 from serve_helpers import live_server, shared_model
 
 import camloc
@@ -19,7 +20,7 @@ CHROMIUM_ARGS = [
 ]
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
+
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                 reason="needs Debian's chromium: run scripts/setup-system.sh")
 

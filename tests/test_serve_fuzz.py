@@ -10,9 +10,8 @@ operations are driven with Hypothesis directly: each operation's strategy, one `
 from __future__ import annotations
 
 import pytest
-
-schemathesis = pytest.importorskip("schemathesis")
-pytest.importorskip("uvicorn")
+import schemathesis
+import uvicorn  # noqa: F401 - the test install has it; a missing one fails, never skips
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402

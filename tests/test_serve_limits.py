@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi import testclient as fastapi_testclient
 from PIL import Image
 from serve_helpers import shared_model
 
 import camloc
 from camloc.serve import MAX_DISPLAY_PIXELS, MAX_TOPK, create_app, display_size
 from camloc.serve.app import SECURITY_HEADERS, Admission, ApiError, default_allowed_hosts
-
-fastapi_testclient = pytest.importorskip("fastapi.testclient")
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
 
