@@ -4,6 +4,7 @@ no traceback, for every subcommand, before any model is loaded."""
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import pytest
 from conftest import CAMLOC, EXAMPLES, ROOT
@@ -81,6 +82,29 @@ def test_version_and_bare_command():
     bare = camloc_cli()
     assert bare.returncode == 2 and "Traceback" not in bare.stderr + bare.stdout
     assert "Usage" in bare.stdout + bare.stderr
+
+
+def test_python_dash_m_is_the_same_command():
+    module = subprocess.run([sys.executable, "-m", "camloc", "run", "--bogus"], capture_output=True,
+                            text=True, timeout=300, cwd=ROOT)
+    assert module.returncode == 2 and module.stderr.startswith("error: No such option: --bogus")
+    assert "(see camloc run --help)" in module.stderr
+    version = subprocess.run([sys.executable, "-m", "camloc", "--version"], capture_output=True, text=True,
+                             timeout=300, cwd=ROOT)
+    assert version.returncode == 0 and version.stdout.strip() == f"camloc {camloc.__version__}"
+
+
+def test_the_quick_exit_still_runs_exit_handlers(tmp_path):
+    """The command ends with os._exit once its work is done; handlers registered with atexit
+    (Ray's shutdown, temporary folders) and buffered output must not be lost."""
+    marker = tmp_path / "handler-ran"
+    script = ("import atexit, pathlib, sys; from camloc.cli import console; "
+              f"atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text('yes')); "
+              "sys.stdout.write('buffered, no newline'); sys.argv = ['camloc', '--version']; console()")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("buffered, no newline") and "camloc " in done.stdout
+    assert marker.read_text() == "yes"
 
 
 def test_help_of_every_command():

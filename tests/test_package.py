@@ -111,7 +111,7 @@ def test_wheel_metadata(dists):
         any(r.startswith("camloc[") and 'extra == "all"' in r for r in requires)
     with zipfile.ZipFile(dists["wheel"]) as archive:
         [entry] = [n for n in archive.namelist() if n.endswith("entry_points.txt")]
-        assert "camloc = camloc.cli:main" in archive.read(entry).decode()
+        assert "camloc = camloc.cli:console" in archive.read(entry).decode()
 
 
 def test_sdist_ships_what_the_tests_use(dists):
