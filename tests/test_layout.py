@@ -23,7 +23,7 @@ STAGES = [
     {"render"},
     {"onnx_export", "exports"},
     {"jobs", "evaluate", "train", "serve"},
-    {"cli"},
+    {"cli", "__main__"},
 ]
 STAGE = {name: i for i, names in enumerate(STAGES) for name in names}
 
@@ -120,6 +120,15 @@ def test_command_line_and_package_face_start_without_torch():
     code = ("import sys, camloc, camloc.cli, camloc.config; "
             "heavy = [m for m in ('torch', 'numpy', 'scipy', 'PIL.ImageDraw', 'fastapi') if m in sys.modules]; "
             "print(heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_converting_results_needs_no_torch():
+    """``camloc convert`` (results.jsonl → detection sets) is file work: no torch loaded."""
+    code = ("import sys, camloc.jobs.exporting, camloc.exports; "
+            "print([m for m in ('torch', 'torchvision', 'scipy') if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", done.stdout

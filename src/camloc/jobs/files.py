@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .. import render
 from ..errors import CamlocError
 
 RESULTS_FILE = "results.jsonl"
@@ -69,7 +68,9 @@ def save_image(picture: Image.Image, path: Path) -> None:
         picture.convert("RGB").save(buffer, format="JPEG", quality=92)
         data = buffer.getvalue()
     else:
-        data = render.encode_png(picture)
+        from ..render import encode_png  # torch: only when an image is written
+
+        data = encode_png(picture)
     write_atomic(path, data)
 
 

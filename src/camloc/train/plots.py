@@ -21,22 +21,15 @@ from ..models import ClassifierAdapter
 from ..pipeline import explain
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def write_plots(out: str | os.PathLike, history: Sequence, confusion: np.ndarray,
                 names: Sequence[str], augmented: bool = False) -> list[Path]:
     """``curves.png`` (loss and accuracy per epoch) and ``confusion.png`` in ``out``."""
-    plt = _pyplot()
+    from matplotlib.figure import Figure  # no pyplot: no backend chosen for the program
+
     out = Path(out)
     epochs = [r.epoch for r in history]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4))
+    left, right = figure.subplots(1, 2)
     left.plot(epochs, [r.train_loss for r in history], "o-", label="train")
     left.plot(epochs, [r.val_loss for r in history], "o-", label="validation")
     left.set(title="loss", xlabel="epoch")
@@ -50,10 +43,10 @@ def write_plots(out: str | os.PathLike, history: Sequence, confusion: np.ndarray
     figure.tight_layout()
     curves = out / "curves.png"
     figure.savefig(curves, dpi=100)
-    plt.close(figure)
 
     size = max(4, 0.6 * len(names) + 2)
-    figure, axis = plt.subplots(figsize=(size + 1, size))
+    figure = Figure(figsize=(size + 1, size))
+    axis = figure.subplots()
     image = axis.imshow(confusion, cmap="Blues")
     accuracy = np.trace(confusion) / max(1, confusion.sum())
     axis.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true",
@@ -68,7 +61,6 @@ def write_plots(out: str | os.PathLike, history: Sequence, confusion: np.ndarray
     figure.tight_layout()
     matrix = out / "confusion.png"
     figure.savefig(matrix, dpi=100)
-    plt.close(figure)
     return [curves, matrix]
 
 
