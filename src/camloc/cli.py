@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Protocol, TypeGuard
 
 import typer
 from rich.console import Console
@@ -32,8 +32,15 @@ from .config import (
     RESIZE_POLICIES,
     RUNTIMES,
     ExplainConfig,
+    parse_scales,
 )
 from .errors import CamlocError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from .exports import ExportOptions
+    from .models import ClassifierAdapter
 
 err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
@@ -64,7 +71,7 @@ def _main(version: Annotated[bool, typer.Option(
 
 def say(message: str, style: str | None = None, prefix: str = "") -> None:
     """One line on stderr, printed verbatim (no markup is read from ``message``)."""
-    line = Text(prefix, style=style) if prefix else Text()
+    line = Text(prefix, style=style or "") if prefix else Text()
     line.append(message.replace("\n", "\\n").replace("\r", "\\r"))
     err.print(line)
 
@@ -76,9 +83,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 # --------------------------------------------------------------------------- shared options
 
-Policy = Enum("Policy", {name.replace("-", "_"): name for name in RESIZE_POLICIES}, type=str)
-Normalization = Enum("Normalization", {name: name for name in NORMALIZATIONS}, type=str)
-Runtime = Enum("Runtime", {name: name for name in RUNTIMES}, type=str)
+# Choices built from the config's tuples (one list of names); mypy cannot list such members.
+Policy = Enum("Policy", {name.replace("-", "_"): name for name in RESIZE_POLICIES}, type=str)  # type: ignore[misc]
+Normalization = Enum("Normalization", {name: name for name in NORMALIZATIONS}, type=str)  # type: ignore[misc]
+Runtime = Enum("Runtime", {name: name for name in RUNTIMES}, type=str)  # type: ignore[misc]
 
 
 class ImageFormat(str, Enum):
@@ -151,13 +159,13 @@ LabelStudioUrlOption = Annotated[str | None, typer.Option(
     "each image's path relative to the images' common folder (default: /data/local-files/?d=)")]
 
 
-def export_options(formats: str | None, masks: bool, labelstudio_url: str | None):
+def export_options(formats: str | None, masks: bool, labelstudio_url: str | None) -> ExportOptions:
     """``--export``/``--to``, ``--masks``, ``--labelstudio-url`` → the exports' options (checked)."""
-    from .exports import ExportOptions
+    from .exports import ExportOptions, parse_formats
 
     if masks and not formats:
         fail("--masks needs --export coco (the masks are COCO segmentation)")
-    return ExportOptions(formats=formats or (), masks=masks,
+    return ExportOptions(formats=parse_formats(formats), masks=masks,
                          **({"image_url": labelstudio_url} if labelstudio_url is not None else {}))
 
 
@@ -169,14 +177,14 @@ def explain_config(*, topk: int = 1, rank: int | None = None, classes: list[str]
     """The command's options → the one config every door uses (checked before any work)."""
     return ExplainConfig(
         topk=topk, rank=rank, classes=tuple(classes or ()), method=method, layer=layer,
-        policy=getattr(policy, "value", policy), input_size=input_size, flip=flip, scales=scales,
+        policy=getattr(policy, "value", policy), input_size=input_size, flip=flip, scales=parse_scales(scales),
         normalization=getattr(normalize, "value", normalize), threshold=threshold,
         largest_only=not all_components, min_area=min_area, amp=amp)
 
 
 def load(model: str | None, weights: Path | None, device: str, preprocess: str | None = None,
          dilate: bool = True, runtime: Any = "torch", method: str = DEFAULT_METHOD, layer: str | None = None,
-         amp: bool = False):
+         amp: bool = False) -> ClassifierAdapter:
     from .models import load_model
 
     runtime = getattr(runtime, "value", runtime)
@@ -208,7 +216,7 @@ def need(module: str, extra: str, what: str) -> None:
         fail(f"{what} needs the {extra} extra: pip install 'camloc[{extra}]'")
 
 
-def progress_bar(label: str):
+def progress_bar(label: str) -> Progress:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -300,7 +308,7 @@ def run(
     adapter = load(model, weights, "cpu" if engine is Engine.ray else device, preprocess, dilate, runtime,
                    method, layer, amp)
     progress = progress_bar("explaining")
-    task = None
+    task: TaskID | None = None
     finished = 0
 
     def on_start(total: int) -> None:
@@ -313,7 +321,8 @@ def run(
         if record["error"]:
             progress.console.print(Text("warning: ", style="yellow") + Text(
                 "skipped " + record["error"].replace("\n", "\\n").replace("\r", "\\r")), soft_wrap=True)
-        progress.advance(task)
+        if task is not None:
+            progress.advance(task)
 
     try:
         with progress:
@@ -541,6 +550,7 @@ def info(model: ModelOption = None, weights: WeightsOption = None, device: Devic
     if adapter.head_error:
         print(f"plain CAM:     not exact: {adapter.head_error}")
     else:
+        assert adapter.weight is not None  # an exact head has its classifier
         neck = ", ".join(step.kind for step in adapter.neck) or "none"
         print(f"head:          GAP → [{neck}] → linear {tuple(adapter.weight.shape)} (exact CAM)")
     if adapter.box_threshold is not None:
@@ -715,7 +725,15 @@ def export(
 # --------------------------------------------------------------------------- entry point
 
 
-def _usage_error(error: BaseException) -> bool:
+class _UsageError(Protocol):
+    exit_code: int
+
+    def format_message(self) -> str: ...
+
+    def show(self) -> None: ...
+
+
+def _usage_error(error: BaseException) -> TypeGuard[_UsageError]:
     """A click/typer usage or parameter error (typer bundles its own click)."""
     return hasattr(error, "format_message") and hasattr(error, "exit_code")
 
