@@ -11,6 +11,8 @@ is ``[10, y, 20, y']``, so ``width = xmax - xmin``.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -168,11 +170,12 @@ def _ranked_boxes(areas: np.ndarray, boxes: np.ndarray, largest_only: bool, min_
     if areas.size == 0:
         return []
     order = np.argsort(-areas, kind="stable")
+    kept: Sequence[int] | np.ndarray
     if largest_only:
         kept = order[:1]
     else:
         kept = [order[0], *(index for index in order[1:] if areas[index] >= min_area * pixels)]
-    return [tuple(int(v) for v in boxes[index]) for index in kept]
+    return [(int(x0), int(y0), int(x1), int(y1)) for x0, y0, x1, y1 in (boxes[index] for index in kept)]
 
 
 def boxes_from_mask(mask: np.ndarray, largest_only: bool = True, min_area: float = 0.0) -> list[Box]:
@@ -230,7 +233,8 @@ def boxes_from_maps(
             for areas, boxes in level_components(maps, levels)]
 
 
-def level_components(maps: torch.Tensor | np.ndarray, levels: Sequence[float]) -> list[tuple[np.ndarray, np.ndarray]]:
+def level_components(maps: torch.Tensor | np.ndarray,
+                     levels: Sequence[float] | np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """Areas and boxes (as :func:`mask_components`) of the components of ``maps >= levels``:
     a ``(k, H, W)`` stack against one level each (or one level for all), or one ``(H, W)``
     map against T levels (a threshold sweep); one comparison and one components pass.
@@ -285,8 +289,8 @@ def boxes_from_bands(
 
         level = streamed_threshold_level(chunks, threshold, height * width)
         padded = _framed(1, height, width)
-        for start, values in zip(range(0, height, step), chunks(), strict=True):
-            values = values.detach().float().cpu().numpy()
+        for start, chunk in zip(range(0, height, step), chunks(), strict=True):
+            values = chunk.detach().float().cpu().numpy()
             np.greater_equal(values, np.float32(level), out=padded[0, start:start + values.shape[0], 1:-1])
         [(areas, boxes)] = _framed_components(padded)
         found.append(_ranked_boxes(areas, boxes, largest_only, min_area, height * width))
@@ -320,15 +324,17 @@ def streamed_threshold_level(chunks: Callable[[], Iterator[torch.Tensor]], thres
                 low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
         if high - low < 1e-12:
             return high
-        histogram = sum(torch.histc(chunk.float() if above is None else chunk.float()[chunk >= above],
-                                    bins=256, min=low, max=high) for chunk in chunks())
+        histogram = functools.reduce(operator.add, (
+            torch.histc(chunk.float() if above is None else chunk.float()[chunk >= above], bins=256, min=low, max=high)
+            for chunk in chunks()))
         return otsu_of_histogram(histogram, low, high)
 
     level = otsu(None)
     return otsu(level) if threshold == "otsu2" else level
 
 
-def box_iou(boxes_a: Sequence[Sequence[float]], boxes_b: Sequence[Sequence[float]]) -> np.ndarray:
+def box_iou(boxes_a: Sequence[Sequence[float]] | np.ndarray,
+            boxes_b: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
     """Pairwise IoU matrix ``(len(a), len(b))`` of ``[xmin, ymin, xmax, ymax]`` boxes.
 
     >>> box_iou([[0, 0, 10, 10]], [[5, 0, 15, 10], [20, 20, 30, 30]]).round(3).tolist()

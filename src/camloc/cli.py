@@ -15,7 +15,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Protocol, TypeGuard
 
 import typer
 from rich.console import Console
@@ -34,8 +34,15 @@ from .config import (
     RESIZE_POLICIES,
     RUNTIMES,
     ExplainConfig,
+    parse_scales,
 )
 from .errors import CamlocError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from .exports import ExportOptions
+    from .models import ClassifierAdapter
 
 err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
@@ -66,7 +73,7 @@ def _main(version: Annotated[bool, typer.Option(
 
 def say(message: str, style: str | None = None, prefix: str = "") -> None:
     """One line on stderr, printed verbatim (no markup is read from ``message``)."""
-    line = Text(prefix, style=style) if prefix else Text()
+    line = Text(prefix, style=style or "") if prefix else Text()
     line.append(message.replace("\n", "\\n").replace("\r", "\\r"))
     err.print(line)
 
@@ -78,9 +85,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 # --------------------------------------------------------------------------- shared options
 
-Policy = Enum("Policy", {name.replace("-", "_"): name for name in RESIZE_POLICIES}, type=str)
-Normalization = Enum("Normalization", {name: name for name in NORMALIZATIONS}, type=str)
-Runtime = Enum("Runtime", {name: name for name in RUNTIMES}, type=str)
+# Choices built from the config's tuples (one list of names); mypy cannot list such members.
+Policy = Enum("Policy", {name.replace("-", "_"): name for name in RESIZE_POLICIES}, type=str)  # type: ignore[misc]
+Normalization = Enum("Normalization", {name: name for name in NORMALIZATIONS}, type=str)  # type: ignore[misc]
+Runtime = Enum("Runtime", {name: name for name in RUNTIMES}, type=str)  # type: ignore[misc]
 
 
 class ImageFormat(str, Enum):
@@ -153,13 +161,13 @@ LabelStudioUrlOption = Annotated[str | None, typer.Option(
     "each image's path relative to the images' common folder (default: /data/local-files/?d=)")]
 
 
-def export_options(formats: str | None, masks: bool, labelstudio_url: str | None):
+def export_options(formats: str | None, masks: bool, labelstudio_url: str | None) -> ExportOptions:
     """``--export``/``--to``, ``--masks``, ``--labelstudio-url`` → the exports' options (checked)."""
-    from .exports import ExportOptions
+    from .exports import ExportOptions, parse_formats
 
     if masks and not formats:
         fail("--masks needs --export coco (the masks are COCO segmentation)")
-    return ExportOptions(formats=formats or (), masks=masks,
+    return ExportOptions(formats=parse_formats(formats), masks=masks,
                          **({"image_url": labelstudio_url} if labelstudio_url is not None else {}))
 
 
@@ -171,14 +179,14 @@ def explain_config(*, topk: int = 1, rank: int | None = None, classes: list[str]
     """The command's options → the one config every door uses (checked before any work)."""
     return ExplainConfig(
         topk=topk, rank=rank, classes=tuple(classes or ()), method=method, layer=layer,
-        policy=getattr(policy, "value", policy), input_size=input_size, flip=flip, scales=scales,
+        policy=getattr(policy, "value", policy), input_size=input_size, flip=flip, scales=parse_scales(scales),
         normalization=getattr(normalize, "value", normalize), threshold=threshold,
         largest_only=not all_components, min_area=min_area, amp=amp)
 
 
 def load(model: str | None, weights: Path | None, device: str, preprocess: str | None = None,
          dilate: bool = True, runtime: Any = "torch", method: str = DEFAULT_METHOD, layer: str | None = None,
-         amp: bool = False):
+         amp: bool = False) -> ClassifierAdapter:
     from .models import load_model
 
     runtime = getattr(runtime, "value", runtime)
@@ -210,7 +218,7 @@ def need(module: str, extra: str, what: str) -> None:
         fail(f"{what} needs the {extra} extra: pip install 'camloc[{extra}]'")
 
 
-def progress_bar(label: str):
+def progress_bar(label: str) -> Progress:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -302,7 +310,7 @@ def run(
     adapter = load(model, weights, "cpu" if engine is Engine.ray else device, preprocess, dilate, runtime,
                    method, layer, amp)
     progress = progress_bar("explaining")
-    task = None
+    task: TaskID | None = None
     finished = 0
 
     def on_start(total: int) -> None:
@@ -315,7 +323,8 @@ def run(
         if record["error"]:
             progress.console.print(Text("warning: ", style="yellow") + Text(
                 "skipped " + record["error"].replace("\n", "\\n").replace("\r", "\\r")), soft_wrap=True)
-        progress.advance(task)
+        if task is not None:
+            progress.advance(task)
 
     try:
         with progress:
@@ -543,6 +552,7 @@ def info(model: ModelOption = None, weights: WeightsOption = None, device: Devic
     if adapter.head_error:
         print(f"plain CAM:     not exact: {adapter.head_error}")
     else:
+        assert adapter.weight is not None  # an exact head has its classifier
         neck = ", ".join(step.kind for step in adapter.neck) or "none"
         print(f"head:          GAP → [{neck}] → linear {tuple(adapter.weight.shape)} (exact CAM)")
     if adapter.box_threshold is not None:
@@ -717,7 +727,15 @@ def export(
 # --------------------------------------------------------------------------- entry point
 
 
-def _usage_error(error: BaseException) -> bool:
+class _UsageError(Protocol):
+    exit_code: int
+
+    def format_message(self) -> str: ...
+
+    def show(self) -> None: ...
+
+
+def _usage_error(error: BaseException) -> TypeGuard[_UsageError]:
     """A click/typer usage or parameter error (typer bundles its own click)."""
     return hasattr(error, "format_message") and hasattr(error, "exit_code")
 
@@ -763,12 +781,12 @@ def console() -> None:
     shutdown, temporary folders, logging), the standard streams are flushed, and the
     process ends there. Bugs (anything but an exit) still end with their traceback.
     """
+    code: str | int | None = 0
     try:
         main()
-        code: object = 0
     except SystemExit as done:
         code = done.code
-    if code is not None and not isinstance(code, int):
+    if isinstance(code, str):
         sys.exit(code)  # a message to print: the usual way
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

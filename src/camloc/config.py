@@ -118,7 +118,7 @@ class ExplainConfig:
     min_area: float = 0.0
     amp: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         set_ = functools.partial(object.__setattr__, self)
         set_("classes", tuple(self.classes or ()))
         set_("scales", parse_scales(self.scales))

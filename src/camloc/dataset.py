@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -24,6 +24,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import ImageError
 from .images import Geometry, load_image, preprocess
+
+
+class Loaded(NamedTuple):
+    """The parts of an item that loaded."""
+
+    tensor: torch.Tensor
+    geometry: Geometry
+    image: torch.Tensor
 
 
 @dataclass
@@ -34,6 +42,12 @@ class Item:
     geometry: Geometry | None = None
     image: torch.Tensor | None = None  # (H, W, 3) uint8 original, for rendering
     error: str | None = None
+
+    def loaded(self) -> Loaded:
+        """Tensor, geometry and image of an item that loaded (``error`` is None)."""
+        if self.tensor is None or self.geometry is None or self.image is None:
+            raise ValueError(f"{self.path} did not load: {self.error}")
+        return Loaded(self.tensor, self.geometry, self.image)
 
 
 class ImageDataset(Dataset):

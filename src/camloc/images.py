@@ -248,7 +248,7 @@ def preprocess(
     return normalize(tensor, mean, std), geometry
 
 
-def normalize(uint8_chw: torch.Tensor, mean, std) -> torch.Tensor:
+def normalize(uint8_chw: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 ``(..., 3, h, w)`` → float, ``(x / 255 - mean) / std``, as one multiply-add per
     value (``x * scale + shift``: one pass instead of four, equal to float rounding).
 
@@ -267,7 +267,7 @@ def _affine(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tens
 
 
 def interpolation_matrix(
-    n_out: int, n_feature: int, n_input: int, scale: float, offset: float, device=None
+    n_out: int, n_feature: int, n_input: int, scale: float, offset: float, device: str | torch.device | None = None
 ) -> torch.Tensor:
     """``(n_out, n_feature)`` bilinear weights from a feature axis to an original axis.
 
@@ -280,7 +280,8 @@ def interpolation_matrix(
 
 
 @functools.lru_cache(maxsize=512)
-def _interpolation_matrix(n_out, n_feature, n_input, scale, offset, device) -> torch.Tensor:
+def _interpolation_matrix(n_out: int, n_feature: int, n_input: int, scale: float, offset: float,
+                          device: str) -> torch.Tensor:
     p = ((scale * (np.arange(n_out) + 0.5) + offset) * (n_feature / n_input) - 0.5).clip(0, n_feature - 1)
     lower = np.floor(p).astype(np.int64)
     upper = np.minimum(lower + 1, n_feature - 1)
@@ -292,8 +293,8 @@ def _interpolation_matrix(n_out, n_feature, n_input, scale, offset, device) -> t
     return torch.from_numpy(matrix).to(device)
 
 
-def resampling_matrices(geometry: Geometry, feature_hw: tuple[int, int],
-                        device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def resampling_matrices(geometry: Geometry, feature_hw: tuple[int, ...],
+                        device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rows (H, h_f), cols (W, w_f))``: original = ``rows @ map @ cols.T`` for this geometry."""
     (height, width), (input_h, input_w) = geometry.original_size, geometry.input_size
     (sy, sx), (oy, ox) = geometry.scale, geometry.offset
@@ -325,7 +326,7 @@ def maps_to_original_batch(maps: torch.Tensor, geometries: list[Geometry]) -> li
     Images that share a geometry (the same original size and policy, as in most data sets)
     are resampled together in one batched matmul instead of one call per image.
     """
-    resampled: list[torch.Tensor | None] = [None] * len(geometries)
+    resampled: dict[int, torch.Tensor] = {}
     for geometry, indices in group_by_geometry(geometries).items():
         rows, cols = resampling_matrices(geometry, maps.shape[-2:], maps.device)
         chosen = maps[indices] if len(indices) < len(geometries) else maps
@@ -333,7 +334,7 @@ def maps_to_original_batch(maps: torch.Tensor, geometries: list[Geometry]) -> li
             together = torch.einsum("Hh,nkhw,Ww->nkHW", rows, chosen.float(), cols)
         for index, result in zip(indices, together, strict=True):
             resampled[index] = result
-    return resampled
+    return [resampled[index] for index in range(len(geometries))]
 
 
 def extreme_samples(n_out: int, n_feature: int, n_input: int, scale: float, offset: float,
@@ -351,7 +352,8 @@ def extreme_samples(n_out: int, n_feature: int, n_input: int, scale: float, offs
 
 
 @functools.lru_cache(maxsize=512)
-def _extreme_samples(n_out, n_feature, n_input, scale, offset, seen_only) -> torch.Tensor:
+def _extreme_samples(n_out: int, n_feature: int, n_input: int, scale: float, offset: float,
+                     seen_only: bool) -> torch.Tensor:
     position = scale * (np.arange(n_out) + 0.5) + offset  # on the network's input
     kept = np.flatnonzero((position >= 0) & (position <= n_input)) if seen_only else np.arange(n_out)
     if kept.size == 0:
@@ -363,13 +365,13 @@ def _extreme_samples(n_out, n_feature, n_input, scale, offset, seen_only) -> tor
     return torch.from_numpy(kept[ends])
 
 
-def coverage_mask(geometry: Geometry, device=None) -> torch.Tensor:
+def coverage_mask(geometry: Geometry, device: str | torch.device | None = None) -> torch.Tensor:
     """``(H, W)`` bool: which original pixels the network saw (False outside a center crop)."""
     rows, cols = coverage_axes(geometry, device)
     return rows[:, None] & cols[None, :]
 
 
-def coverage_axes(geometry: Geometry, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def coverage_axes(geometry: Geometry, device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rows (H,), cols (W,))`` bool: :func:`coverage_mask` is their outer product."""
     (height, width), (input_h, input_w) = geometry.original_size, geometry.input_size
     (sy, sx), (oy, ox) = geometry.scale, geometry.offset

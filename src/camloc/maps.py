@@ -91,13 +91,13 @@ def normalized_to_original_batch(maps: torch.Tensor, geometries: list[Geometry],
     that share a geometry are resampled in one batched matmul."""
     if mode not in NORMALIZATIONS:
         raise ValueError(f"unknown normalisation {mode!r}; choose from {', '.join(NORMALIZATIONS)}")
-    results: list[torch.Tensor | None] = [None] * len(geometries)
+    results: dict[int, torch.Tensor] = {}
     with torch.autocast(maps.device.type, enabled=False):  # float32 maps, even inside --amp
         for geometry, indices in group_by_geometry(geometries).items():
             chosen = maps[indices] if len(indices) < len(geometries) else maps
             for index, result in zip(indices, _normalized_group(chosen.float(), geometry, mode), strict=True):
                 results[index] = result
-    return results
+    return [results[index] for index in range(len(geometries))]
 
 
 def _normalized_group(maps: torch.Tensor, geometry: Geometry, mode: str) -> torch.Tensor:
@@ -112,7 +112,8 @@ def _normalized_group(maps: torch.Tensor, geometry: Geometry, mode: str) -> torc
     return normalized
 
 
-def _normalized_on_grid(maps: torch.Tensor, geometry: Geometry, mode: str):
+def _normalized_on_grid(maps: torch.Tensor, geometry: Geometry, mode: str
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """``(n, k, h, w)`` maps → ``(small, rows, cols, spots)``: the maps normalised on the
     feature grid (``rows @ small @ cols.T``, clamped to [0, 1], is the normalised map at
     original resolution) and, per image and class, the flat pixel index of the peak (and the

@@ -125,7 +125,7 @@ class BoxOptions:
     min_area: float = 0.0
     normalization: str = DEFAULT_NORMALIZATION
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         try:
             object.__setattr__(self, "threshold", parse_threshold(self.threshold))
         except ValueError as error:

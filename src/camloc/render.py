@@ -15,6 +15,7 @@ import math
 import struct
 import zlib
 from collections.abc import Sequence
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 try:  # ISA-L's deflate: ~4x faster than zlib at level 1, same format
+    _deflate_library: ModuleType | None
     from isal import isal_zlib as _deflate_library
 except ImportError:  # pragma: no cover - isal has wheels for the usual platforms
     _deflate_library = None
@@ -143,7 +145,8 @@ def encode_png(picture: Image.Image | np.ndarray | torch.Tensor, level: int = 1)
         data = _deflate_library.compress(filtered, min(level, 3))
     else:
         compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-        data = compressor.compress(filtered) + compressor.flush()
+        # numpy's stubs give arrays the buffer protocol from Python 3.12 on; arrays have it on 3.11 too
+        data = compressor.compress(filtered) + compressor.flush()  # type: ignore[arg-type]
     color_type = {1: 0, 3: 2, 4: 6}[channels]
     header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
@@ -159,7 +162,7 @@ def image_tensor(image: Image.Image) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def font(size: int) -> ImageFont.ImageFont:
+def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """DejaVu Sans from matplotlib's own data (has the em dash), else Pillow's default.
 
     The file is looked up where matplotlib keeps it without importing matplotlib (a fifth

@@ -81,7 +81,7 @@ def coco_ap(images: Sequence[Any]) -> dict[str, float | None]:
         return dict.fromkeys(AP_KEYS, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         ground = COCO()
-        ground.dataset = truth
+        ground.dataset = truth  # type: ignore[assignment]  # the stubs' TypedDict asks for fields bbox AP does not read
         ground.createIndex()
         scorer = COCOeval(ground, ground.loadRes(detections), "bbox")
         scorer.evaluate()

@@ -63,9 +63,12 @@ def read_ground_truth(path: str | os.PathLike) -> GroundTruth:
     return read_csv_boxes(path)
 
 
-def _box(values: Sequence[str | float], where: str) -> tuple[float, float, float, float]:
+def _box(values: Sequence[str | float | None], where: str) -> tuple[float, float, float, float]:
+    present = [v for v in values if v is not None]  # a missing XML coordinate is None
     try:
-        xmin, ymin, xmax, ymax = (float(v) for v in values)
+        if len(present) < len(values):
+            raise ValueError("a coordinate is missing")
+        xmin, ymin, xmax, ymax = (float(v) for v in present)
     except (TypeError, ValueError):
         raise GroundTruthError(f"{where}: box {list(values)} is not four numbers") from None
     if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):  # nan, inf: no box
@@ -168,19 +171,19 @@ def match_images(paths: Sequence[Path], root: Path | None, truth: GroundTruth) -
         by_stem.setdefault(Path(key).stem, key)
     found = {}
     for path in paths:
-        relative = None
+        relative: str | None = None
         if root is not None:
             try:
                 relative = path.relative_to(root).as_posix()
             except ValueError:
                 relative = None
-        key = (
+        matched = (
             (relative if relative in truth else None)
             or by_name.get(path.name)
             or by_stem.get(path.stem)
         )
-        if key is not None:
-            found[path] = key
+        if matched is not None:
+            found[path] = matched
     return found
 
 

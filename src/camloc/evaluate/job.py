@@ -98,7 +98,7 @@ def evaluate(
                 + (f"unknown label(s) {', '.join(bad)}" if bad else "no ground-truth box")
             )
             continue
-        box_classes = [index for index, _ in known]
+        box_classes = [index for index, _ in known if index is not None]  # all known (checked above)
         targets[path] = (
             list(dict.fromkeys(box_classes)),
             box_classes,
@@ -121,9 +121,9 @@ def evaluate(
         if not good:
             continue
         gt = torch.tensor([targets[Path(item.path)][0][:1] for item in good])
-        output = pipeline.forward(torch.stack([item.tensor for item in good]), GroundTruthSelection(gt))
+        output = pipeline.forward(torch.stack([item.loaded().tensor for item in good]), GroundTruthSelection(gt))
         top5 = output.logits.topk(min(5, output.logits.shape[1]), dim=1).indices.cpu().tolist()
-        explained = pipeline.finish(output, [item.geometry for item in good], [item.path for item in good])
+        explained = pipeline.finish(output, [item.loaded().geometry for item in good], [item.path for item in good])
         for item, explanation, predicted in zip(good, explained, top5, strict=True):
             classes, box_classes, boxes = targets[Path(item.path)]
             width, height = explanation.size

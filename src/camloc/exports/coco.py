@@ -26,7 +26,8 @@ COCO_FILE = "coco.json"
 
 def coco_dataset(data: ExportSet, masks: bool = False) -> dict[str, Any]:
     """The COCO dictionary of an export set (``masks``: add each box's RLE segmentation)."""
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image_id, image in enumerate(data.images, start=1):
         images.append({"id": image_id, "file_name": image.relative, "width": image.width,
                        "height": image.height})

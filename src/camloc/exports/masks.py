@@ -9,6 +9,7 @@ Otsu/mean level of that map); its mask is that component, so box and mask always
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from ..errors import CamlocError
 EXTRA_HINT = "pip install 'camloc[export]'"
 
 
-def import_mask_api():
+def import_mask_api() -> ModuleType:
     """``pycocotools.mask``, or one line naming the extra."""
     try:
         from pycocotools import mask
@@ -43,7 +44,7 @@ def component_masks(normalized_map: Any, threshold: Threshold, boxes: Sequence[S
     labels, _ = ndimage.label(values >= level, structure=np.ones((3, 3), bool))
     slices = ndimage.find_objects(labels)
     areas = np.bincount(labels.ravel())
-    by_box: dict[tuple[int, int, int, int], int] = {}
+    by_box: dict[tuple[int, ...], int] = {}
     for number, where in enumerate(slices, start=1):
         if where is None:
             continue
@@ -52,8 +53,8 @@ def component_masks(normalized_map: Any, threshold: Threshold, boxes: Sequence[S
             by_box[key] = number
     found = []
     for box in boxes:
-        number = by_box.get(tuple(int(v) for v in box))
-        found.append(labels == number if number is not None else _box_mask(values.shape, box))
+        component = by_box.get(tuple(int(v) for v in box))
+        found.append(labels == component if component is not None else _box_mask(values.shape, box))
     return found
 
 

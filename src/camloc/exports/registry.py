@@ -110,7 +110,7 @@ class ExportOptions:
     image_url: str = LABEL_STUDIO_LOCAL_FILES
     model_version: str | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "formats", parse_formats(self.formats))
         if self.masks and not any(get_export(name).masks for name in self.formats):
             able = ", ".join(name for name in list_exports() if get_export(name).masks)
@@ -161,7 +161,7 @@ class ExportSet:
     failed: list[str] = field(default_factory=list)  # error messages of the failed images
     _yolo: dict[int, int] = field(default_factory=dict, repr=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self._yolo = {index: i for i, (index, _) in enumerate(self.classes)}
 
     def coco_id(self, index: int) -> int:
@@ -236,8 +236,8 @@ def export_set(records: Iterable[dict[str, Any]], model_version: str | None = No
             index, label = int(cam["index"]), str(cam["label"])
             masks = cam.get("masks") or [None] * len(cam.get("boxes", []))
             for box, mask in zip(cam.get("boxes", []), masks, strict=True):
-                detections.append(Detection(index, label, float(cam["score"]),
-                                            tuple(int(round(v)) for v in box), mask))
+                xmin, ymin, xmax, ymax = (int(round(v)) for v in box)
+                detections.append(Detection(index, label, float(cam["score"]), (xmin, ymin, xmax, ymax), mask))
                 classes.setdefault(index, label)
         images.append(ExportImage(name, path, Path(os.path.relpath(path, root)).as_posix(),
                                   int(record["width"]), int(record["height"]), detections))

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable
 from pathlib import PurePath
 
-from .registry import ExportFiles, ExportFormat, ExportOptions, ExportSet, Link, register_export
+from .registry import Detection, ExportFiles, ExportFormat, ExportOptions, ExportSet, Link, register_export
 
 FOLDER = "yolo"
 
@@ -35,7 +36,7 @@ def _number(value: float) -> str:
     return f"{value:.6f}".rstrip("0").rstrip(".") if value else "0"
 
 
-def label_lines(detections, width: int, height: int, yolo_id) -> str:
+def label_lines(detections: Iterable[Detection], width: int, height: int, yolo_id: Callable[[int], int]) -> str:
     """``class cx cy w h`` lines, coordinates as fractions of the image's width and height."""
     lines = []
     for detection in detections:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CamlocError
-from ..exports import ExportOptions, Link, export_set, get_export
+from ..exports import ExportOptions, Link, export_set, get_export, parse_formats
 from .files import RESULTS_FILE, OutputLock, check_out_dir, read_results, write_atomic
 
 
@@ -103,7 +103,7 @@ def convert(source: str | os.PathLike, formats: Sequence[str] | str, dest: str |
     """Export the finished run in ``source`` (its ``results.jsonl``) to ``dest`` (default:
     ``source``). Refused while a run holds ``source``."""
     source = Path(source)
-    options = ExportOptions(formats=formats, masks=masks, model_version=model_version,
+    options = ExportOptions(formats=parse_formats(formats), masks=masks, model_version=model_version,
                             **({"image_url": image_url} if image_url is not None else {}))
     if not options.formats:
         raise CamlocError("no export format given (--to coco,yolo,voc,labelstudio)")

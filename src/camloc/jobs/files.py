@@ -153,7 +153,7 @@ def identity_key(identity: dict[str, Any] | None) -> tuple | None:
 
 def read_results(path: Path) -> list[dict[str, Any]]:
     """Records of an existing results.jsonl; a torn last line (interrupted run) is dropped."""
-    records = []
+    records: list[dict[str, Any]] = []
     if not path.exists():
         return records
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -175,6 +175,7 @@ def prepare_results(out: Path, resume: bool) -> set[tuple]:
     """
     path = out / RESULTS_FILE
     kept = []
+    done: set[tuple] = set()
     if resume:
         for record in read_results(path):
             if record.get("error") is not None:
@@ -183,8 +184,9 @@ def prepare_results(out: Path, resume: bool) -> set[tuple]:
             if key is None or key != identity_key(file_identity(key[0])):
                 continue  # written before identities, or the file changed or went away
             kept.append(record)
+            done.add(key)
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
-    return {identity_key(r["file"]) for r in kept}
+    return done
 
 
 def error_record(path: str, message: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -70,7 +70,7 @@ class OutputOptions:
     grid: bool | None = None  # None: a grid when more than one class is explained
     save_maps: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         render.colormap_lut(self.colormap)  # an unknown colormap fails before any work
         if not 0.0 <= self.alpha <= 1.0:
             raise CamlocError(f"--alpha must be in [0, 1], got {self.alpha}")
@@ -100,7 +100,7 @@ class RunOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     exports: ExportOptions = ExportOptions()
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise CamlocError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.max_pixels < 1:
@@ -166,13 +166,12 @@ def write_outputs(
         save_image(picture, out / relative)
         written[kind] = relative
 
-    style = {"alpha": options.alpha, "colormap": options.colormap}
     if options.overlay:
-        put("overlay", render.overlay(image, explanation, 0, **style))
+        put("overlay", render.overlay(image, explanation, 0, alpha=options.alpha, colormap=options.colormap))
     if options.panels:
-        put("panels", render.panels(image, explanation, 0, **style))
+        put("panels", render.panels(image, explanation, 0, alpha=options.alpha, colormap=options.colormap))
     if options.grid or (options.grid is None and len(explanation.targets) > 1):
-        put("grid", render.grid(image, explanation, **style))
+        put("grid", render.grid(image, explanation, alpha=options.alpha, colormap=options.colormap))
     if options.save_maps:
         relative = f"{stem}_maps.npy"
         save_array(explanation.normalized.cpu().numpy().astype(np.float32), out / relative)
@@ -188,7 +187,7 @@ def finish_item(item: Item, explanation: Explanation | None, stems: dict[str, st
         record = error_record(item.path, item.error or f"{item.path}: not processed")
     else:
         try:
-            image = Image.fromarray(item.image.numpy())
+            image = Image.fromarray(item.loaded().image.numpy())
             outputs = write_outputs(explanation, image, stems[item.path], out, options)
             record = explanation.to_record()
             record["outputs"] = outputs
@@ -238,12 +237,12 @@ def plan_run(inputs: Sequence[str | os.PathLike], options: RunOptions) -> Plan:
     """Find the images, name their outputs, and start (or resume) ``results.jsonl``.
 
     Call it with the output lock held."""
-    inputs = [str(item) for item in inputs]
+    given = [str(item) for item in inputs]
     out = Path(options.out)
-    paths = collect_images(inputs)
+    paths = collect_images(given)
     if not paths:
-        raise CamlocError(f"no images found in {', '.join(inputs)}")
-    stems = dict(zip(map(str, paths), output_stems(paths, inputs), strict=True))
+        raise CamlocError(f"no images found in {', '.join(given)}")
+    stems = dict(zip(map(str, paths), output_stems(paths, given), strict=True))
     done_before = prepare_results(out, options.resume)
     todo = [p for p in paths if not done_before or identity_key(file_identity(p)) not in done_before]
     return Plan(out, paths, stems, todo)
@@ -278,7 +277,7 @@ def run(
             on_start(len(plan.todo))
         pending: deque[list[Future]] = deque()
 
-        def record(futures: list[Future], results) -> None:
+        def record(futures: list[Future], results: TextIO) -> None:
             for future in futures:
                 entry = future.result()
                 results.write(json.dumps(entry) + "\n")
@@ -314,12 +313,12 @@ def explain_items(items: list[Item], pipeline: Pipeline) -> dict[int, Callable[[
     good = [item for item in items if item.error is None]
     if not good:
         return {}
-    output = pipeline.forward(torch.stack([item.tensor for item in good]))
+    output = pipeline.forward(torch.stack([item.loaded().tensor for item in good]))
 
     def maker(i: int, item: Item) -> Callable[[], Explanation]:
         part = MethodOutput(output.logits[i : i + 1], output.classes[i : i + 1], output.maps[i : i + 1],
                             output.method)
-        return lambda: pipeline.finish(part, [item.geometry], [item.path])[0]
+        return lambda: pipeline.finish(part, [item.loaded().geometry], [item.path])[0]
 
     return {item.index: maker(i, item) for i, item in enumerate(good)}
 

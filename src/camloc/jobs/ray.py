@@ -37,7 +37,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -50,6 +51,10 @@ from ..models import ClassifierAdapter, resolve_device
 from ..pipeline import Pipeline
 from .files import RESULTS_FILE, OutputLock, check_out_dir
 from .local import RunOptions, RunSummary, export_run, finish_item, mask_rule_of, plan_run
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+    from ray.data import Dataset
 
 INSTALL_HINT = "--engine ray needs Ray Data: pip install 'camloc[ray]'"
 
@@ -74,7 +79,7 @@ class RayOptions:
     load_cpus: float | None = None
     local_cpus: int | None = None  # local Ray only; None: this machine's cores
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.workers < 1:
             raise CamlocError(f"the ray engine needs at least one worker, got {self.workers}")
 
@@ -82,7 +87,7 @@ class RayOptions:
 # --------------------------------------------------------------------------- ray session
 
 
-def import_ray():
+def import_ray() -> ModuleType:
     """``ray`` and ``ray.data``, or a one-line error naming the extra to install."""
     try:
         import ray
@@ -176,18 +181,19 @@ def load_row(row: dict[str, Any], preprocessing: Preprocessing, policy: str,
         return {"path": item.path, "stem": row["stem"], "error": item.error,
                 "tensor": np.zeros((3, height, width), np.float32), "geometry": "",
                 "image": b"", "image_height": 0, "image_width": 0}
-    original = item.image.numpy()
+    tensor, geometry, image = item.loaded()
+    original = image.numpy()
     return {"path": item.path, "stem": row["stem"], "error": "",
-            "tensor": item.tensor.numpy().astype(np.float32, copy=False),
-            "geometry": json.dumps(asdict(item.geometry)),
+            "tensor": tensor.numpy().astype(np.float32, copy=False),
+            "geometry": json.dumps(asdict(geometry)),
             "image": original.tobytes(), "image_height": original.shape[0],
             "image_width": original.shape[1]}
 
 
 def geometry_from_json(text: str) -> Geometry:
-    fields = json.loads(text)
-    return Geometry(**{key: tuple(value) if isinstance(value, list) else value
-                       for key, value in fields.items()})
+    fields: dict[str, Any] = json.loads(text)  # JSON values: lists back to tuples
+    values: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()}
+    return Geometry(**values)
 
 
 def items_from_batch(batch: dict[str, np.ndarray]) -> list[Item]:
@@ -231,8 +237,8 @@ class ExplainBatch:
         good = [item for item in items if item.error is None]
         explanations = {}
         if good:
-            results = self.pipeline.explain_tensors([item.tensor for item in good],
-                                                    [item.geometry for item in good],
+            results = self.pipeline.explain_tensors([item.loaded().tensor for item in good],
+                                                    [item.loaded().geometry for item in good],
                                                     [item.path for item in good])
             explanations = {item.index: result for item, result in zip(good, results, strict=True)}
         records = [finish_item(item, explanations.get(item.index), stems, self.out, self.options.outputs,
@@ -262,17 +268,18 @@ def actor_resources(options: RayOptions, device: str) -> tuple[float, str]:
     return (gpus, "cuda") if gpus > 0 else (0.0, "cpu")
 
 
-def build_dataset(model_ref, rows: list[dict[str, Any]], model: ClassifierAdapter, input_size: tuple[int, int],
-                  options: RunOptions, ray_options: RayOptions, device: str):
+def build_dataset(model_ref: ObjectRef[ClassifierAdapter], rows: list[dict[str, Any]], model: ClassifierAdapter,
+                  input_size: tuple[int, int], options: RunOptions, ray_options: RayOptions, device: str) -> Dataset:
     """The lazy Ray Dataset: file rows → loaded rows → records (JSON strings)."""
     import ray.data
 
-    preprocessing = Preprocessing(tuple(input_size), tuple(model.mean), tuple(model.std))
+    preprocessing = Preprocessing(input_size, tuple(model.mean), tuple(model.std))
     blocks = max(1, min(len(rows), math.ceil(len(rows) / options.batch_size)))
     gpus, actor_device = actor_resources(ray_options, device)
     return (
         ray.data.from_items(rows, override_num_blocks=blocks)
-        .map(load_row, fn_kwargs={"preprocessing": preprocessing, "policy": options.config.policy,
+        # Ray's annotation of map's function leaves out the fn_kwargs it is called with
+        .map(load_row, fn_kwargs={"preprocessing": preprocessing, "policy": options.config.policy,  # type: ignore[arg-type]
                                   "max_pixels": options.max_pixels},
              num_cpus=ray_options.load_cpus)
         .map_batches(
@@ -326,7 +333,9 @@ def run(
     return summary
 
 
-def _stream_records(ray, model, input_size, rows, options, ray_options, device, out, summary, on_image) -> None:
+def _stream_records(ray: ModuleType, model: ClassifierAdapter, input_size: tuple[int, int], rows: list[dict[str, Any]],
+                    options: RunOptions, ray_options: RayOptions, device: str, out: Path, summary: RunSummary,
+                    on_image: Callable[[dict[str, Any]], None] | None) -> None:
     on_device = model.device
     model_ref = ray.put(model.to("cpu"))  # CPU tensors unpickle on any node
     model.to(on_device)

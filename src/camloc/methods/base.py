@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
+from torch import nn
 
 from ..errors import ClassError, ModelError
 from ..models import ClassifierAdapter, inference_mode
@@ -38,7 +39,7 @@ class ClassSelection:
     rank: int | None = None
     classes: tuple[int | str, ...] = ()
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.topk < 1:
             raise ClassError(f"--topk must be at least 1, got {self.topk}")
         if self.rank is not None and self.rank < 1:
@@ -99,14 +100,14 @@ class Method:
         self.model = model
         self.layer = layer
 
-    def __call__(self, batch: torch.Tensor, selection: ClassSelection) -> MethodOutput:
+    def __call__(self, batch: torch.Tensor, selection: Selection) -> MethodOutput:
         if not self.hooks_modules and self.model.runtime != "torch":
             with torch.no_grad():  # the network runs in another runtime (camloc.models.runtime)
                 return self.compute(batch, selection)
         with inference_mode(self.model.model):  # gradient methods enable grad at their layer
             return self.compute(batch, selection)
 
-    def compute(self, batch: torch.Tensor, selection: ClassSelection) -> MethodOutput:
+    def compute(self, batch: torch.Tensor, selection: Selection) -> MethodOutput:
         """``(logits, classes, maps at feature resolution)`` of a normalised batch."""
         raise NotImplementedError
 
@@ -129,7 +130,7 @@ class Method:
         """
         captured: list[torch.Tensor] = []
 
-        def keep(_module, _inputs, output):
+        def keep(_module: nn.Module, _inputs: tuple[Any, ...], output: object) -> torch.Tensor | None:
             if not isinstance(output, torch.Tensor):
                 raise ModelError(f"layer {layer!r} returns {type(output).__name__}, not a tensor")
             if not self.needs_grad:

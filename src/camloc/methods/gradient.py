@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -132,14 +134,15 @@ def _example(adapter: ClassifierAdapter) -> torch.Tensor:
     return torch.randn(1, 3, *adapter.input_size, generator=generator).to(adapter.device)
 
 
-def _record_outputs(adapter: ClassifierAdapter, names: list[str] | None, grad: bool):
+def _record_outputs(adapter: ClassifierAdapter, names: list[str] | None,
+                    grad: bool) -> tuple[torch.Tensor, list[tuple[str, nn.Module, torch.Tensor]]]:
     """One forward of an example image; ``(logits, [(name, module, output)])`` in the order
     the modules finished (containers after their children)."""
     modules = dict(adapter.model.named_modules())
     recorded: list[tuple[str, nn.Module, torch.Tensor]] = []
 
-    def hook_for(name):
-        def hook(module, _inputs, output):
+    def hook_for(name: str) -> Callable[[nn.Module, tuple[Any, ...], object], None]:
+        def hook(module: nn.Module, _inputs: tuple[Any, ...], output: object) -> None:
             if isinstance(output, torch.Tensor):
                 recorded.append((name, module, output))
         return hook

@@ -46,18 +46,19 @@ class CandidateSelection:
     the views' mean logits, among these candidates)."""
 
     def __init__(self, selection: Selection, count: int = CANDIDATES):
-        self.selection, self.count, self.chosen = selection, count, None
+        self.selection, self.count = selection, count
+        self.chosen: torch.Tensor | None = None
 
     def resolve(self, model: ClassifierAdapter) -> list[int] | None:
         return self.selection.resolve(model)
 
     def indices(self, logits: torch.Tensor, model: ClassifierAdapter) -> torch.Tensor:
         if self.chosen is None:
-            plain = isinstance(self.selection, ClassSelection)
-            if not plain or self.selection.resolve(model) is not None:
-                self.chosen = self.selection.indices(logits, model)
+            selection = self.selection
+            if not isinstance(selection, ClassSelection) or selection.resolve(model) is not None:
+                self.chosen = selection.indices(logits, model)
             else:
-                wanted = max(self.count, self.selection.topk, self.selection.rank or 1)
+                wanted = max(self.count, selection.topk, selection.rank or 1)
                 self.chosen = logits.topk(min(wanted, logits.shape[1]), dim=1).indices
         return self.chosen
 

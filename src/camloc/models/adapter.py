@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +33,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TF_MEAN = (0.5, 0.5, 0.5)  # (x - 127.5) / 127.5, the TF-Lite EfficientNet normalisation
 TF_STD = (0.5, 0.5, 0.5)
+
+
+def per_channel(values: Iterable[float]) -> tuple[float, float, float]:
+    """A mean or std as one float per RGB channel.
+
+    >>> per_channel([0, 0.5, 1])
+    (0.0, 0.5, 1.0)
+    """
+    red, green, blue = (float(v) for v in values)
+    return red, green, blue
+
 
 # --------------------------------------------------------------------------- head steps
 
@@ -67,6 +78,7 @@ def neck_affine(
     value = pooled
     for step in reversed(steps):  # steps were collected walking backwards
         if step.kind == "batch_norm":
+            assert step.running_var is not None and step.running_mean is not None  # a batch norm has both
             a = torch.rsqrt(step.running_var + step.eps)
             b = -step.running_mean * a
         else:  # layer_norm over channels, per sample
@@ -133,7 +145,8 @@ class ClassifierAdapter:
         default model 1.2–1.5× faster on 2 CPU cores at batch 1–32, ResNet-50 1.05–1.3×
         (``benchmarks/bench_layout.py``).
         """
-        self.model.to(torch.device(device), memory_format=torch.channels_last)
+        # torch's stubs list memory_format alone; Module.to takes it with a device too
+        self.model.to(torch.device(device), memory_format=torch.channels_last)  # type: ignore[call-overload]
         return self
 
     def require_cam(self) -> None:
@@ -164,9 +177,10 @@ class ClassifierAdapter:
         Runs under whatever grad mode the caller set; the hook is always removed.
         """
         self.require_cam()
+        assert self.feature_layer is not None  # an exact head has its feature layer
         captured: dict[str, torch.Tensor] = {}
 
-        def keep(_module, _inputs, output):
+        def keep(_module: nn.Module, _inputs: tuple[Any, ...], output: torch.Tensor) -> None:
             captured["features"] = output
 
         handle = self.module(self.feature_layer).register_forward_hook(keep)
@@ -184,6 +198,7 @@ class ClassifierAdapter:
 
         ``logit = bias + mean_xy(Σ_k weight[c, k] * scale[n, k] * features[n, k])``.
         """
+        assert self.weight is not None  # called for exact heads only (after require_cam)
         weight = self.weight.detach()
         bias = self.bias.detach() if self.bias is not None else weight.new_zeros(weight.shape[0])
         pooled = features.mean(dim=(2, 3))
@@ -212,7 +227,7 @@ class ClassifierAdapter:
 
 
 @contextmanager
-def inference_mode(model: nn.Module, grad: bool = False):
+def inference_mode(model: nn.Module, grad: bool = False) -> Iterator[None]:
     """Eval mode and the chosen grad mode for the block; each module's mode is restored after.
 
     A model already in eval mode (as ``load_model`` returns it) costs one scan of its modules.
@@ -238,14 +253,19 @@ _PASS_THROUGH = {
 _POINTWISE_PRE_POOL = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "silu", "gelu", "elu"}
 
 
+# one torch function call: (name, func, args, kwargs, output)
+_Call = tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any], Any]
+
+
 class _Trace(TorchFunctionMode):
     """Records every torch function call of a forward: (name, func, args, kwargs, output)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
-        self.calls: list[tuple[str, Callable, tuple, dict, Any]] = []
+        self.calls: list[_Call] = []
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func: Callable[..., Any], types: Collection[type], args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         output = func(*args, **kwargs)
         name = getattr(func, "__name__", str(func))
@@ -277,8 +297,8 @@ def find_head(model: nn.Module, example: torch.Tensor) -> dict[str, Any]:
     """
     outputs_by_module: dict[int, str] = {}
 
-    def record(name):
-        def hook(_module, _inputs, output):
+    def record(name: str) -> Callable[[nn.Module, tuple[Any, ...], object], None]:
+        def hook(_module: nn.Module, _inputs: tuple[Any, ...], output: object) -> None:
             if isinstance(output, torch.Tensor):
                 outputs_by_module[id(output)] = name  # outer modules fire last and win
 
@@ -294,11 +314,11 @@ def find_head(model: nn.Module, example: torch.Tensor) -> dict[str, Any]:
             handle.remove()
     if not isinstance(output, torch.Tensor) or output.dim() != 2:
         return {"head_error": "its forward does not return a (batch, classes) tensor of logits"}
-    producer: dict[int, tuple] = {}
-    for call in trace.calls:  # the first call that made a tensor; in-place/no-op calls skip
-        producer.setdefault(id(call[4]), call)
+    producer: dict[int, _Call] = {}
+    for traced in trace.calls:  # the first call that made a tensor; in-place/no-op calls skip
+        producer.setdefault(id(traced[4]), traced)
 
-    def producer_of(tensor):
+    def producer_of(tensor: object) -> _Call | None:
         return producer.get(id(tensor))
 
     call = producer_of(output)
@@ -335,7 +355,7 @@ def find_head(model: nn.Module, example: torch.Tensor) -> dict[str, Any]:
             return {"head_error": f"its head applies '{pretty}' between the last feature map and "
                                   "the classifier, so the class score is not linear in the "
                                   "pooled features"}
-    pre_pool = []
+    pre_pool: list[tuple[Callable, tuple, dict]] = []
     while id(features) not in outputs_by_module:
         call = producer_of(features)
         if call is None or call[0] not in _POINTWISE_PRE_POOL:
@@ -352,7 +372,7 @@ def find_head(model: nn.Module, example: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def _arg(args, kwargs, position, name, default=None):
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], position: int, name: str, default: Any = None) -> Any:
     if len(args) > position:
         return args[position]
     return kwargs.get(name, default)
@@ -379,7 +399,7 @@ def adapt(
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"expected a torch nn.Module, got {type(model).__name__}")
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    size = (input_size, input_size) if isinstance(input_size, int) else (input_size[0], input_size[1])
     try:
         device = next(model.parameters()).device
     except StopIteration:
@@ -407,8 +427,8 @@ def adapt(
         name=name or type(model).__name__,
         class_names=list(class_names),
         input_size=size,
-        mean=tuple(float(m) for m in mean),
-        std=tuple(float(s) for s in std),
+        mean=per_channel(mean),
+        std=per_channel(std),
         source=source,
         fingerprint=key,
         **found,
@@ -457,7 +477,7 @@ def _head_record(model: nn.Module, adapter: ClassifierAdapter, num_classes: int)
     names = {id(t): n for n, t in model.named_parameters(remove_duplicate=False)}
     names.update({id(t): n for n, t in model.named_buffers(remove_duplicate=False)})
 
-    def name_of(tensor):
+    def name_of(tensor: torch.Tensor | None) -> str | None:
         if tensor is None:
             return None
         if id(tensor) not in names:
@@ -482,7 +502,7 @@ def _head_record(model: nn.Module, adapter: ClassifierAdapter, num_classes: int)
         return None
 
 
-def _resolve(where: str):
+def _resolve(where: str) -> Any:
     import importlib
 
     module, _, qualname = where.partition(":")
@@ -502,7 +522,7 @@ def _head_from_record(model: nn.Module, record: dict | None) -> tuple[dict[str, 
     try:
         if record.get("head_error"):
             return {"head_error": record["head_error"]}, int(record["num_classes"])
-        tensors = dict(model.named_parameters(remove_duplicate=False))
+        tensors: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
         tensors.update(model.named_buffers(remove_duplicate=False))
         get = lambda name: None if name is None else tensors[name]  # noqa: E731
         neck = [NeckStep(step["kind"], get(step["weight"]), get(step["bias"]), float(step["eps"]),

@@ -62,7 +62,8 @@ def store_checkpoint_rule(path: str | os.PathLike, rule: float | str | None) -> 
 
 
 def checkpoint_payload(network: nn.Module, architecture: str, head: str, class_names: Sequence[str],
-                       input_size: tuple[int, int], mean, std, box_threshold, extra: dict) -> dict:
+                       input_size: tuple[int, int], mean: Sequence[float], std: Sequence[float],
+                       box_threshold: float | str | None, extra: dict[str, Any]) -> dict[str, Any]:
     from .. import __version__
 
     return {
@@ -115,7 +116,7 @@ def save_atomic(payload: dict, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def classifier_name(network: nn.Module, weight: torch.Tensor) -> str:
+def classifier_name(network: nn.Module, weight: torch.Tensor | None) -> str:
     """Name of the ``nn.Linear`` whose weight is ``weight`` (the head the adapter found)."""
     for name, module in network.named_modules():
         if isinstance(module, nn.Linear) and module.weight is weight:
@@ -132,6 +133,8 @@ def replace_module(network: nn.Module, name: str, new: nn.Module) -> None:
 def new_head(network: nn.Module, name: str, num_classes: int) -> nn.Linear:
     """Replace the linear layer ``name`` by a fresh one with ``num_classes`` outputs."""
     old = network.get_submodule(name)
+    if not isinstance(old, nn.Linear):
+        raise AttributeError(f"{name!r} is a {type(old).__name__}, not an nn.Linear")
     head = nn.Linear(old.in_features, num_classes)
     nn.init.normal_(head.weight, std=0.01)
     nn.init.zeros_(head.bias)

@@ -57,7 +57,7 @@ def _apply_record(adapter: ClassifierAdapter, record: dict) -> bool:
     if changes is None:
         return "changes" in record  # recorded as not dilatable
     try:
-        modules = [(adapter.model.get_submodule(name), stride, dilation, padding)
+        modules = [(_conv(adapter.model.get_submodule(name)), stride, dilation, padding)
                    for name, stride, dilation, padding in changes]
     except (AttributeError, ValueError, TypeError):
         return False
@@ -66,6 +66,13 @@ def _apply_record(adapter: ClassifierAdapter, record: dict) -> bool:
         module.padding = padding if isinstance(padding, str) else tuple(padding)
     adapter.dilated = True
     return True
+
+
+def _conv(module: nn.Module) -> nn.Conv2d:
+    """``module``, a convolution (the only modules a dilation record changes)."""
+    if not isinstance(module, nn.Conv2d):
+        raise TypeError(f"{type(module).__name__} is not a convolution")
+    return module
 
 
 def _dilate(adapter: ClassifierAdapter) -> list[nn.Module] | None:
@@ -103,8 +110,9 @@ def _spatial_calls(adapter: ClassifierAdapter, example: torch.Tensor) -> list:
     """``(module, input (h, w), output (h, w))`` of every conv/pool call in order, then the
     feature layer's output as the last entry."""
     calls: list = []
+    assert adapter.feature_layer is not None  # dilate_last_stage checked it
 
-    def record(module, inputs, output):
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         calls.append((module, tuple(inputs[0].shape[-2:]), tuple(output.shape[-2:])))
 
     handles = [m.register_forward_hook(record) for m in adapter.model.modules()
@@ -140,4 +148,5 @@ def _can_dilate(module: nn.Module, downsampling: bool) -> bool:
 
 def _same_padding(module: nn.Conv2d) -> tuple[int, int]:
     """The padding that keeps the size of a stride-1 conv with odd kernels and its dilation."""
-    return tuple((k - 1) // 2 * d for k, d in zip(module.kernel_size, module.dilation, strict=True))
+    (kernel_h, kernel_w), (dilation_h, dilation_w) = module.kernel_size, module.dilation
+    return (kernel_h - 1) // 2 * dilation_h, (kernel_w - 1) // 2 * dilation_w

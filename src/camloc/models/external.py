@@ -27,12 +27,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
 from ..errors import ModelError
-from .adapter import IMAGENET_MEAN, IMAGENET_STD, ClassifierAdapter, imagenet_class_names
+from .adapter import IMAGENET_MEAN, IMAGENET_STD, ClassifierAdapter, imagenet_class_names, per_channel
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Preprocessing:
 
 _CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
 PREPROCESSING: dict[str, Preprocessing] = {
-    "caffe": Preprocessing("caffe", tuple(m / 255 for m in _CAFFE_MEAN_RGB), (1 / 255,) * 3, True),
+    "caffe": Preprocessing("caffe", per_channel(m / 255 for m in _CAFFE_MEAN_RGB), (1 / 255,) * 3, True),
     "tf": Preprocessing("tf", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "torch": Preprocessing("torch", IMAGENET_MEAN, IMAGENET_STD),
     "none": Preprocessing("none", (0.0, 0.0, 0.0), (1 / 255,) * 3),
@@ -126,7 +126,7 @@ class ExternalAdapter(ClassifierAdapter):
             step.weight, step.bias = move(step.weight), move(step.bias)
             step.running_mean, step.running_var = move(step.running_mean), move(step.running_var)
 
-    def module(self, name: str):
+    def module(self, name: str) -> NoReturn:
         """No torch sub-modules to hook: gradient methods need a PyTorch model."""
         raise ModelError(f"{self.name} runs outside PyTorch ({self.source}); only plain CAM "
                          "works for it (gradient methods need a PyTorch model)")

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -55,7 +56,7 @@ _APPLICATION_PREPROCESS = (  # keras.applications model names → their preproce
 )
 
 
-def import_keras():
+def import_keras() -> ModuleType:
     """Keras on its PyTorch backend (``KERAS_BACKEND=torch`` is set before the import when
     the user has not set it; another backend asked for is one clear error)."""
     wanted = os.environ.get("KERAS_BACKEND", "").strip()
@@ -93,12 +94,13 @@ class KerasAdapter(ExternalAdapter):
         if self.logits_from_output:
             logits = output
         else:
+            assert self.weight is not None  # set by keras_adapter
             pooled = pooled.reshape(pooled.shape[0], -1)
             logits = pooled @ self.weight.T + self.bias
         return logits, features
 
 
-def _producer(tensor) -> tuple[Any, list]:
+def _producer(tensor: Any) -> tuple[Any, list[Any]]:
     """The layer that made a KerasTensor and that call's input tensors."""
     history = getattr(tensor, "_keras_history", None)
     if history is None or history.operation is None:
@@ -107,9 +109,10 @@ def _producer(tensor) -> tuple[Any, list]:
     return history.operation, list(node.input_tensors)
 
 
-def _describe_tail(output, count: int = 6) -> str:
+def _describe_tail(output: Any, count: int = 6) -> str:
     """The last layers before ``output``, oldest first: ``name (Class) → ...``."""
-    found, tensor = [], output
+    found: list[str] = []
+    tensor = output
     while len(found) < count:
         layer, inputs = _producer(tensor)
         if layer is None:
@@ -121,12 +124,12 @@ def _describe_tail(output, count: int = 6) -> str:
     return " → ".join(reversed(found)) or "no layers"
 
 
-def _activation_name(layer) -> str:
+def _activation_name(layer: Any) -> str:
     activation = getattr(layer, "activation", None)
     return getattr(activation, "__name__", str(activation)) if activation is not None else "linear"
 
 
-def find_keras_head(model, label: str | None = None) -> dict[str, Any]:
+def find_keras_head(model: Any, label: str | None = None) -> dict[str, Any]:
     """Walk back from the output to ``GlobalAveragePooling2D → Dense``.
 
     Returns the feature tensor, the pooling layer, the pooled tensor, the Dense layer and
@@ -176,11 +179,11 @@ def find_keras_head(model, label: str | None = None) -> dict[str, Any]:
             "linear_output": linear_output, "final": final, "neck": neck}
 
 
-def _neck_step(layer) -> NeckStep | None:
+def _neck_step(layer: Any) -> NeckStep | None:
     """A Keras BatchNormalization / LayerNormalization on the pooled vector as a NeckStep."""
     import keras
 
-    def tensor(variable):
+    def tensor(variable: Any) -> torch.Tensor | None:
         return None if variable is None else torch.as_tensor(
             keras.ops.convert_to_numpy(variable)).float()
 
@@ -196,7 +199,7 @@ def _neck_step(layer) -> NeckStep | None:
     return NeckStep("layer_norm", tensor(layer.gamma), tensor(layer.beta), float(layer.epsilon))
 
 
-def _input_layout(model) -> tuple[bool, tuple[int | None, int | None]]:
+def _input_layout(model: Any) -> tuple[bool, tuple[int | None, int | None]]:
     """``(channels_last, (h, w))`` of the model's single image input."""
     if len(model.inputs) != 1:
         raise ModelError(f"Keras model {model.name} has {len(model.inputs)} inputs; "
@@ -220,7 +223,7 @@ def default_preprocess(model_name: str) -> str:
     return "none"
 
 
-def read_keras_model(path: Path):
+def read_keras_model(path: Path) -> Any:
     keras = import_keras()
     if not path.is_file():
         raise ModelError(f"model file {path} not found")
@@ -232,7 +235,7 @@ def read_keras_model(path: Path):
 
 
 def keras_adapter(
-    model,
+    model: Any,
     *,
     name: str | None = None,
     class_names: Sequence[str] | None = None,
@@ -279,7 +282,7 @@ def keras_adapter(
     return adapter
 
 
-def _check_keras(adapter: KerasAdapter, dense, final) -> None:
+def _check_keras(adapter: KerasAdapter, dense: Any, final: Any) -> None:
     """Check at load, in one forward pass: the pooling is the mean of the feature map (so
     ``mean_xy(CAM_c) + b_c == logit_c``) and the model's output is activation(logits)."""
     example = torch.randn(2, 3, *adapter.input_size, generator=torch.Generator().manual_seed(0))
@@ -288,6 +291,7 @@ def _check_keras(adapter: KerasAdapter, dense, final) -> None:
         features, pooled, output = adapter.runner(network_input, training=False)
         if adapter.data_format == "channels_last":
             features = features.permute(0, 3, 1, 2)
+        assert adapter.weight is not None  # set by keras_adapter
         logits = pooled.reshape(2, -1) @ adapter.weight.T + adapter.bias
         weight, scale, bias = adapter.head(features)  # what CAM uses: neck included
         mean_features = features.mean(dim=(2, 3))

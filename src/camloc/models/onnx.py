@@ -32,14 +32,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import ModelError
-from .adapter import NeckStep, check_identity
+from .adapter import NeckStep, check_identity, per_channel
 from .external import (
     ExternalAdapter,
     default_class_names,
@@ -48,6 +49,9 @@ from .external import (
     size_pair,
 )
 
+if TYPE_CHECKING:
+    from onnx import ModelProto, NodeProto
+
 ONNX_SUFFIXES = (".onnx",)
 _PASS_THROUGH = {"Identity", "Flatten", "Reshape", "Squeeze", "Dropout", "Cast"}
 _FINAL_ACTIVATIONS = {"Softmax", "LogSoftmax", "Sigmoid"}
@@ -55,7 +59,7 @@ _NECK = {"BatchNormalization", "LayerNormalization"}
 META_PREFIX = "camloc."
 
 
-def import_onnx():
+def import_onnx() -> tuple[ModuleType, ModuleType]:
     try:
         import onnx
         import onnxruntime
@@ -71,7 +75,7 @@ def import_onnx():
 class Graph:
     """Lookups over an ONNX graph: producers of tensors, constants, shapes."""
 
-    def __init__(self, model):
+    def __init__(self, model: ModelProto) -> None:
         onnx, _ = import_onnx()
         self.model = model
         graph = model.graph
@@ -105,7 +109,7 @@ class Graph:
 
     def describe(self, name: str, count: int = 6) -> str:
         """The last ops before tensor ``name``, oldest first: ``op 'node' → ...``."""
-        found = []
+        found: list[str] = []
         node = self.producer.get(name)
         while node is not None and len(found) < count:
             found.append(f"{node.op_type} {node.name!r}" if node.name else node.op_type)
@@ -114,7 +118,7 @@ class Graph:
         return " → ".join(reversed(found)) or "no operations"
 
 
-def attribute(node, name: str, default: Any = None) -> Any:
+def attribute(node: NodeProto, name: str, default: Any = None) -> Any:
     import onnx
 
     for attr in node.attribute:
@@ -167,7 +171,7 @@ def _classifier(graph: Graph, name: str) -> tuple[str, np.ndarray, np.ndarray] |
     return None
 
 
-def _spatial_axes(graph: Graph, node) -> set[int] | None:
+def _spatial_axes(graph: Graph, node: NodeProto) -> set[int] | None:
     axes = attribute(node, "axes")
     if axes is None and len(node.input) > 1 and node.input[1]:
         value = graph.constant(node.input[1])
@@ -177,7 +181,7 @@ def _spatial_axes(graph: Graph, node) -> set[int] | None:
     return {a % 4 for a in axes}
 
 
-def find_onnx_head(model, label: str = "ONNX model") -> OnnxHead:
+def find_onnx_head(model: ModelProto, label: str = "ONNX model") -> OnnxHead:
     """Find ``pool → (flatten) → Gemm | MatMul + Add`` before the first output, or refuse."""
     graph = Graph(model)
     output = model.graph.output[0].name
@@ -221,7 +225,7 @@ def find_onnx_head(model, label: str = "ONNX model") -> OnnxHead:
                     node.op_type, channels_last, neck)
 
 
-def _neck_step(graph: Graph, node, channels: int) -> NeckStep | None:
+def _neck_step(graph: Graph, node: NodeProto, channels: int) -> NeckStep | None:
     """A BatchNormalization / LayerNormalization over the channels of pooled ``(N, K)``."""
     if graph.ranks.get(node.input[0], 2) != 2:
         return None
@@ -237,8 +241,8 @@ def _neck_step(graph: Graph, node, channels: int) -> NeckStep | None:
                         running_mean=mean, running_var=var)
     if attribute(node, "axis", -1) not in (-1, 1) or not values or values[0] is None:
         return None
-    shift = values[1] if len(values) > 1 else None
-    return NeckStep("layer_norm", tensor(values[0]), tensor(shift),
+    beta = values[1] if len(values) > 1 else None
+    return NeckStep("layer_norm", tensor(values[0]), tensor(beta),
                     float(attribute(node, "epsilon", 1e-5)))
 
 
@@ -300,13 +304,13 @@ class _NoTorchNetwork(nn.Module):
     """Stands in for ``adapter.model``: the network lives in onnxruntime, not in torch."""
 
 
-def _session(onnx_bytes: bytes, cuda: bool = False):
+def _session(onnx_bytes: bytes, cuda: bool = False) -> Any:
     _, onnxruntime = import_onnx()
     providers = (["CUDAExecutionProvider"] if cuda else []) + ["CPUExecutionProvider"]
     return onnxruntime.InferenceSession(onnx_bytes, providers=providers)
 
 
-def _input_layout(model, label: str) -> tuple[str, bool, tuple[int | None, int | None], int | None]:
+def _input_layout(model: ModelProto, label: str) -> tuple[str, bool, tuple[int | None, int | None], int | None]:
     """``(name, channels_last, (h, w), fixed batch size)`` of the graph's image input."""
     initializers = {init.name for init in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
@@ -321,9 +325,9 @@ def _input_layout(model, label: str) -> tuple[str, bool, tuple[int | None, int |
     return inputs[0].name, True, (dims[1], dims[2]), dims[0]
 
 
-def _metadata(model) -> dict[str, Any]:
+def _metadata(model: ModelProto) -> dict[str, Any]:
     """camloc metadata stored in the file by :func:`export_onnx` (JSON values)."""
-    found = {}
+    found: dict[str, Any] = {}
     for prop in model.metadata_props:
         if prop.key.startswith(META_PREFIX):
             try:
@@ -334,7 +338,7 @@ def _metadata(model) -> dict[str, Any]:
 
 
 def onnx_adapter(
-    model,
+    model: ModelProto,
     *,
     name: str = "onnx",
     class_names: Sequence[str] | None = None,
@@ -371,8 +375,8 @@ def onnx_adapter(
         name=meta.get("name") or name,
         class_names=names,
         input_size=size,
-        mean=tuple(float(m) for m in mean),
-        std=tuple(float(s) for s in std),
+        mean=per_channel(mean),
+        std=per_channel(std),
         feature_layer=head.features,
         weight=torch.from_numpy(head.weight.copy()),
         bias=torch.tensor(np.array(head.bias, np.float32)),

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,7 +63,7 @@ def format_of(model: str | os.PathLike | None) -> ModelFormat | None:
     return next((f for f in FORMATS.values() if suffix in f.suffixes), None)
 
 
-def _checkpoint(path, **_ignored) -> ClassifierAdapter:
+def _checkpoint(path: str | os.PathLike, **_ignored: Any) -> ClassifierAdapter:
     return load_checkpoint(path)
 
 
@@ -128,8 +129,8 @@ def load_model(
         if model_format is not None:
             adapter = model_format.load(Path(str(model)), class_names=class_names,
                                         input_size=input_size, preprocess=preprocess)
-        elif embedded_name(model) is not None:
-            adapter = load_embedded(embedded_name(model), weights)
+        elif (embedded := embedded_name(model)) is not None:
+            adapter = load_embedded(embedded, weights)
         else:
             adapter = load_named(str(model), weights, class_names, input_size, mean, std)
     if dilate is None:
@@ -139,7 +140,7 @@ def load_model(
     if built_here and isinstance(adapter.model, nn.Module):
         adapter.model.eval()  # built here for inference (a module you pass keeps its mode)
         adapter.model.to(memory_format=torch.channels_last)  # and laid out as ``to`` does
-    if built_here and model is not None and model_format is not None:
+    if built_here and model is not None and not isinstance(model, nn.Module) and model_format is not None:
         rule = read_box_rule(model)
         if rule is not None:
             adapter.box_threshold = rule
@@ -148,7 +149,7 @@ def load_model(
     return with_runtime(adapter, runtime, log, source_key)
 
 
-def _with_stored_rule(adapter: ClassifierAdapter, model) -> ClassifierAdapter:
+def _with_stored_rule(adapter: ClassifierAdapter, model: str | os.PathLike | nn.Module | None) -> ClassifierAdapter:
     """A rule stored beside the model file (``MODEL.json``) applies to a cached load too."""
     rule = read_box_rule(model) if model is not None and not isinstance(model, nn.Module) else None
     if rule is not None:
@@ -156,7 +157,8 @@ def _with_stored_rule(adapter: ClassifierAdapter, model) -> ClassifierAdapter:
     return adapter
 
 
-def _source_key(model, weights, dilate, device, runtime: str, options: list) -> str | None:
+def _source_key(model: str | os.PathLike | nn.Module | None, weights: str | os.PathLike | None,
+                dilate: bool | None, device: str | torch.device | None, runtime: str, options: list) -> str | None:
     """A key naming the network a load builds, known before building it (a file's digest):
     ``None`` when there is none (a module, untrained weights, hub weights, eager torch)."""
     if runtime == "torch" or isinstance(model, nn.Module) or weights == "random":

@@ -32,6 +32,7 @@ device runs in eager PyTorch.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import platform
@@ -181,6 +182,8 @@ class RuntimeAdapter(ClassifierAdapter):
     modules; when the adapter was rebuilt from the cache it is built on first use only.
     """
 
+    _network: nn.Module | Callable[[], nn.Module]
+
     def __init__(self, runtime: str, runner: Runner, runtime_size: tuple[int, int],
                  network: nn.Module | Callable[[], nn.Module], **fields: Any):
         super().__init__(model=network, **fields)  # type: ignore[arg-type]
@@ -189,7 +192,7 @@ class RuntimeAdapter(ClassifierAdapter):
         self.runtime_size = tuple(runtime_size)
 
     @property
-    def model(self) -> nn.Module:  # type: ignore[override]
+    def model(self) -> nn.Module:
         if not isinstance(self._network, nn.Module):
             network = self._network()
             network.eval()
@@ -251,7 +254,9 @@ def export_features(adapter: ClassifierAdapter, path: Path) -> Path:
     buffer = io.BytesIO()
     with inference_mode(adapter.model), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-        torch.onnx.export(_FeaturesModule(adapter), (example,), buffer, dynamo=False, opset_version=17,
+        # torch's stubs say a path; the TorchScript exporter (dynamo=False) writes to a file object too
+        torch.onnx.export(_FeaturesModule(adapter), (example,), buffer,  # type: ignore[arg-type]
+                          dynamo=False, opset_version=17,
                           input_names=["input"], output_names=["logits", "features"],
                           dynamic_axes={name: {0: "batch"} for name in ("input", "logits", "features")})
     if not write_bytes(path, buffer.getvalue()):
@@ -344,7 +349,7 @@ def probe(adapter: ClassifierAdapter, candidates: dict[str, Runner]) -> dict[str
     batch = probe_batch(adapter)
     eager_batch = batch.to(adapter.device).contiguous(memory_format=torch.channels_last)
 
-    def eager():
+    def eager() -> tuple[torch.Tensor, torch.Tensor]:
         with inference_mode(adapter.model):
             return adapter.forward_with_features(eager_batch)
 
@@ -360,7 +365,7 @@ def probe(adapter: ClassifierAdapter, candidates: dict[str, Runner]) -> dict[str
         if why:
             refused[name] = why
         else:
-            contenders[name] = lambda runner=runner: runner(batch)
+            contenders[name] = functools.partial(runner, batch)
     best = dict.fromkeys(contenders, float("inf"))
     for _ in range(PROBE_REPEATS):
         for name, function in contenders.items():
@@ -372,7 +377,7 @@ def probe(adapter: ClassifierAdapter, candidates: dict[str, Runner]) -> dict[str
 
 def choose(seconds: dict[str, float]) -> str:
     """The fastest runtime, if it beats eager torch by :data:`MIN_GAIN`; else torch."""
-    fastest = min(seconds, key=seconds.get)
+    fastest = min(seconds, key=seconds.__getitem__)
     return fastest if seconds[fastest] * MIN_GAIN <= seconds["torch"] else "torch"
 
 
@@ -465,6 +470,7 @@ def _remember(adapter: RuntimeAdapter, source_key: str, key: str) -> None:
     import io
 
     buffer = io.BytesIO()
+    assert adapter.weight is not None  # only exact heads are wrapped
     torch.save({"weight": adapter.weight.detach().cpu(),
                 "bias": None if adapter.bias is None else adapter.bias.detach().cpu()}, buffer)
     if write_bytes(head, buffer.getvalue()):

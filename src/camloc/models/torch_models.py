@@ -11,6 +11,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -105,6 +106,7 @@ def load_state_dict(network: nn.Module, path: str | os.PathLike) -> None:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"weights file {path} not found")
+    state: object
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -118,8 +120,8 @@ def load_state_dict(network: nn.Module, path: str | os.PathLike) -> None:
     if not isinstance(state, dict):
         raise ModelError(f"{path} holds a {type(state).__name__}, not a state dict of weights")
     for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
+        if isinstance(state, dict) and key in state and isinstance(inner := state[key], dict):
+            state = inner
     state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
         network.load_state_dict(state)
@@ -153,7 +155,7 @@ def load_named(
         if not timm.is_model(bare):
             raise ModelError(_unknown_name(bare, timm.list_models(), "timm"))
         builder = lambda pretrained: timm.create_model(bare, pretrained=pretrained)  # noqa: E731
-        config = timm.create_model(bare, pretrained=False).pretrained_cfg
+        config = cast(dict[str, Any], timm.create_model(bare, pretrained=False).pretrained_cfg)
         size = config.get("input_size", (3, 224, 224))[1:]
         model_mean, model_std = config.get("mean", IMAGENET_MEAN), config.get("std", IMAGENET_STD)
     else:

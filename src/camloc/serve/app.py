@@ -31,7 +31,7 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -341,7 +341,7 @@ class Admission:
 
     def _slots(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
-        if self._loop is not loop:  # one per event loop (a test client may start several)
+        if self._loop is not loop or self._semaphore is None:  # one per event loop (a test client may start several)
             self._semaphore, self._loop = asyncio.Semaphore(self.workers), loop
         return self._semaphore
 
@@ -408,7 +408,7 @@ def upload_limit_message(max_bytes: int, size: int | None = None) -> str:
     return f"upload too large{got}: the limit is {max_bytes / 1e6:.3g} MB"
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """``{"error": "one line"}`` with ``status``."""
     first_line = str(message).strip().splitlines()[0] if str(message).strip() else "error"
     return JSONResponse({"error": first_line}, status_code=status, headers=headers)

@@ -181,7 +181,7 @@ class _Files(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
             return index, decode(self.paths[index], self.size), None
         except CamlocError as error:
@@ -390,7 +390,7 @@ def architecture_of(backbone: ClassifierAdapter, model: str | None) -> str:
 # --------------------------------------------------------------------------- training steps
 
 
-def normalize_batch(images: torch.Tensor, mean, std) -> torch.Tensor:
+def normalize_batch(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
     return (images.float() / 255.0 - mean_t) / std_t
@@ -429,8 +429,8 @@ def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
                          antialias=True)
 
 
-def head_inputs(network: nn.Module, head: str, images: torch.Tensor, size: int, mean, std,
-                batch_size: int, device: torch.device) -> torch.Tensor:
+def head_inputs(network: nn.Module, head: str, images: torch.Tensor, size: int, mean: Sequence[float],
+                std: Sequence[float], batch_size: int, device: torch.device) -> torch.Tensor:
     """What the classifier sees (pooled features after any neck), for a frozen backbone."""
     captured: list[torch.Tensor] = []
     hook = network.get_submodule(head).register_forward_pre_hook(
@@ -531,9 +531,10 @@ class Trainer:
         if options.unfreeze == 0:
             self.log("caching the frozen backbone's features")
             self.network.eval()
-            self.cached = tuple(head_inputs(self.network, self.head, s.images, self.size, self.mean,
-                                            self.std, options.batch_size, self.device)
-                                for s in (self.train_set, self.val_set))
+            train_inputs, val_inputs = (head_inputs(self.network, self.head, s.images, self.size, self.mean,
+                                                    self.std, options.batch_size, self.device)
+                                        for s in (self.train_set, self.val_set))
+            self.cached = (train_inputs, val_inputs)
 
     @property
     def out(self) -> Path:
