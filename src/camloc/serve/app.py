@@ -4,8 +4,8 @@ The model is loaded once. An explain request decodes and preprocesses its image,
 the model's forward pass, then finishes (maps, boxes) and renders its answer; decoding and
 finishing run in Starlette's thread pool, at most ``workers`` requests at a time. Requests
 that wait for the model together share one forward pass (:mod:`camloc.serve.batching`: up
-to ``max_batch`` of them, collected for at most ``batch_wait_ms``); ``max_batch=1`` runs
-each request's forward pass alone. The forward pass runs under one lock (the adapter's
+to ``max_batch`` of them; a batch waits at most ``batch_wait_ms`` for requests still being
+decoded); ``max_batch=1`` runs each request's forward pass alone. The forward pass runs under one lock (the adapter's
 feature hook is per call and must not interleave) and the event loop stays free to answer
 other requests. At most ``workers`` requests are at work at once (``workers + 2 *
 max_batch`` when batching: one batch in the model, the next one forming), at most
@@ -178,8 +178,9 @@ class Explainer:
     through the one :class:`Pipeline` every door uses, with the server's ``config``.
 
     With ``max_batch > 1`` a :class:`~camloc.serve.batching.MicroBatcher` runs the forward
-    passes of concurrent requests together (:meth:`prepare`, ``batcher.run``, :meth:`finish`);
-    :meth:`explain` always runs one request alone. ``stats`` counts the forward passes.
+    passes of concurrent requests together (:meth:`prepare`, then the batcher, then
+    :meth:`finish`); :meth:`explain` runs one request alone. ``stats`` counts the forward
+    passes.
     """
 
     def __init__(self, model: ClassifierAdapter, config: ExplainConfig | None = None,
