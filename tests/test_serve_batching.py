@@ -5,6 +5,7 @@ batcher's thread ends with the server."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import threading
@@ -200,21 +201,30 @@ def test_max_batch_1_is_one_forward_pass_per_request(small_model):
     assert client.get("/api/model").json()["limits"]["max_batch"] == 1
 
 
-def test_the_batcher_thread_ends_with_the_server(small_model):
+def test_a_request_in_the_model_at_shutdown_is_answered_and_nothing_is_left_running(small_model):
     app = create_app(small_model, max_batch=4)
     batcher = app.state.explainer.batcher
+    held = GatedForward()
+    batcher.forward = held
+    pool = ThreadPoolExecutor(1)
     with live_server(app) as url:
-        assert post(url, PHOTOS[0]).status_code == 200
+        answer = pool.submit(post, url, PHOTOS[0])
+        assert held.started.wait(60)
         assert batcher.running
-    assert not batcher.running  # stopped and joined when uvicorn shut down
+        threading.Timer(1.0, held.gate.set).start()
+    # uvicorn stopped accepting, waited for the request in the model, then closed the batcher
+    assert answer.result(60).status_code == 200
+    assert not batcher.running and batcher.waiting == 0
+    assert not [t for t in threading.enumerate() if "batch" in t.name]  # the batcher owns no thread
+    pool.shutdown()
 
 
 # --------------------------------------------------------------------------- the batcher itself
 
 
 class GatedForward:
-    """A pipeline's forward that holds its first call until ``release()``, recording batch sizes;
-    a batch holding an all-NaN image raises (a request that breaks its batch)."""
+    """A pipeline's forward that holds its first call until ``gate`` is set, recording batch
+    sizes; a batch holding an all-NaN image raises (a request that breaks its batch)."""
 
     def __init__(self) -> None:
         self.gate, self.started = threading.Event(), threading.Event()
@@ -229,6 +239,14 @@ class GatedForward:
             raise ValueError("a poisoned image")
         return pipeline.forward(batch, selection)
 
+    async def running(self) -> None:
+        """Until the first (held) batch is in the model."""
+        for _ in range(600):
+            if self.started.is_set():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the first batch never started")
+
 
 def tensors(model: camloc.ClassifierAdapter, count: int) -> list[torch.Tensor]:
     pipeline = Pipeline(model)
@@ -242,16 +260,18 @@ def test_requests_queued_while_the_model_is_busy_form_one_batch_with_their_own_c
                   ExplainConfig(topk=2, threshold=0.6, policy="pad"), ExplainConfig(classes=("espresso",))]
     pipelines = [Pipeline(small_model, config) for config in selections]
     images = tensors(small_model, len(pipelines) + 1)
-    try:
-        first = batcher.submit(pipelines[0], images[-1])
-        assert forward.started.wait(30)
-        futures = [batcher.submit(p, image) for p, image in zip(pipelines, images, strict=False)]
+
+    async def scenario() -> list[Any]:
+        first = asyncio.ensure_future(batcher.run(pipelines[0], images[-1]))
+        await forward.running()
+        queued = [asyncio.ensure_future(batcher.run(p, image)) for p, image in zip(pipelines, images, strict=False)]
+        await asyncio.sleep(0.1)
         assert batcher.waiting == len(pipelines)
         forward.gate.set()
-        outputs = [future.result(60) for future in futures]
-        first.result(60)
-    finally:
-        batcher.close()
+        await first
+        return list(await asyncio.gather(*queued))
+
+    outputs = asyncio.run(scenario())
     assert forward.sizes == [1, len(pipelines)]  # the five different selections in one pass
     assert batcher.stats.to_dict()["largest_batch"] == len(pipelines)
     for pipeline, image, output in zip(pipelines, images[: len(pipelines)], outputs, strict=True):
@@ -269,72 +289,88 @@ def test_a_failing_batch_is_run_again_one_request_at_a_time(small_model):
     pipeline = Pipeline(small_model, ExplainConfig(topk=2))
     images = tensors(small_model, 4)
     poisoned = torch.full_like(images[0], float("nan"))
-    try:
-        first = batcher.submit(pipeline, images[0])
-        assert forward.started.wait(30)
-        futures = [batcher.submit(pipeline, image) for image in (images[1], poisoned, images[2], images[3])]
+
+    async def scenario() -> list[Any]:
+        first = asyncio.ensure_future(batcher.run(pipeline, images[0]))
+        await forward.running()
+        queued = [asyncio.ensure_future(batcher.run(pipeline, image))
+                  for image in (images[1], poisoned, images[2], images[3])]
+        await asyncio.sleep(0.1)
         forward.gate.set()
-        first.result(60)
-        with pytest.raises(ValueError, match="poisoned"):
-            futures[1].result(60)
-        outputs = [futures[i].result(60) for i in (0, 2, 3)]
-    finally:
-        batcher.close()
+        await first
+        return list(await asyncio.gather(*queued, return_exceptions=True))
+
+    outputs = asyncio.run(scenario())
+    assert isinstance(outputs[1], ValueError) and "poisoned" in str(outputs[1])
     assert forward.sizes == [1, 4, 1, 1, 1, 1]  # the batch of 4 failed: each alone
-    for image, output in zip(images[1:], outputs, strict=True):
+    for image, output in zip(images[1:], (outputs[0], outputs[2], outputs[3]), strict=True):
         assert output.classes.tolist() == pipeline.forward(image[None]).classes.tolist()
     assert batcher.stats.forward_passes == 4  # the failed pass is not counted
 
 
 def test_a_cancelled_request_is_left_out_and_close_fails_the_queued_ones(small_model):
-    forward = GatedForward()
-    batcher = MicroBatcher(forward, max_batch=8, wait=0)
     pipeline = Pipeline(small_model)
     images = tensors(small_model, 3)
-    first = batcher.submit(pipeline, images[0])
-    assert forward.started.wait(30)
-    gone, kept = batcher.submit(pipeline, images[1]), batcher.submit(pipeline, images[2])
-    assert gone.cancel()
-    forward.gate.set()
-    assert kept.result(60).classes.shape == (1, 1) and first.result(60) is not None
-    assert forward.sizes == [1, 1]  # the cancelled request never reached the model
-    batcher.close()
 
-    forward = GatedForward()
-    batcher = MicroBatcher(forward, max_batch=8, wait=0)
-    running = batcher.submit(pipeline, images[0])
-    assert forward.started.wait(30)
-    queued = batcher.submit(pipeline, images[1])
-    closing = threading.Thread(target=batcher.close)
-    closing.start()
-    with pytest.raises(BatcherClosed):
-        queued.result(30)
-    forward.gate.set()
-    closing.join(30)
-    assert not closing.is_alive() and not batcher.running
-    assert running.result(30) is not None  # the batch already running finishes
-    assert batcher.submit(pipeline, images[2]).result(60) is not None  # and it serves again after
-    batcher.close()
+    async def cancelled() -> list[int]:
+        forward = GatedForward()
+        batcher = MicroBatcher(forward, max_batch=8, wait=0)
+        first = asyncio.ensure_future(batcher.run(pipeline, images[0]))
+        await forward.running()
+        gone = asyncio.ensure_future(batcher.run(pipeline, images[1]))
+        kept = asyncio.ensure_future(batcher.run(pipeline, images[2]))
+        await asyncio.sleep(0.1)
+        gone.cancel()  # the client went away
+        forward.gate.set()
+        assert (await kept).classes.shape == (1, 1) and await first is not None
+        return forward.sizes
+
+    assert asyncio.run(cancelled()) == [1, 1]  # the cancelled request never reached the model
+
+    async def closed() -> None:
+        forward = GatedForward()
+        batcher = MicroBatcher(forward, max_batch=8, wait=0)
+        running = asyncio.ensure_future(batcher.run(pipeline, images[0]))
+        await forward.running()
+        queued = asyncio.ensure_future(batcher.run(pipeline, images[1]))
+        await asyncio.sleep(0.1)
+        closing = asyncio.ensure_future(batcher.close())
+        with pytest.raises(BatcherClosed):
+            await queued
+        assert not closing.done()  # waits for the batch in the model
+        forward.gate.set()
+        await closing
+        assert not batcher.running
+        assert await running is not None  # the batch already running finished
+        assert await batcher.run(pipeline, images[2]) is not None  # and it serves again after
+
+    asyncio.run(closed())
 
 
 def test_a_batch_waits_only_for_announced_requests(small_model):
     forward = GatedForward()
     forward.gate.set()
-    batcher = MicroBatcher(forward, max_batch=8, wait=30.0, idle=0.5)
+    batcher = MicroBatcher(forward, max_batch=8, wait=30.0)
     pipeline = Pipeline(small_model)
-    images = tensors(small_model, 3)
-    started = time.monotonic()
-    batcher.submit(pipeline, images[0]).result(60)  # alone: no wait, although wait is 30 s
-    assert time.monotonic() - started < 15
-    with batcher.announce() as coming, batcher.announce() as later:
-        first = coming.submit(pipeline, images[1])
-        time.sleep(0.3)
-        assert not first.done()  # waiting for the other announced request
-        second = later.submit(pipeline, images[2])
-        assert first.result(60).classes.shape == second.result(60).classes.shape == (1, 1)
+    images = tensors(small_model, 4)
+
+    async def scenario() -> None:
+        started = time.monotonic()
+        await batcher.run(pipeline, images[0])  # alone: no wait, although wait is 30 s
+        assert time.monotonic() - started < 15
+        with batcher.announce() as coming, batcher.announce() as later, batcher.announce():
+            first = asyncio.ensure_future(coming.run(pipeline, images[1]))
+            await asyncio.sleep(0.3)
+            assert not first.done()  # waiting for the other announced requests
+            second = asyncio.ensure_future(later.run(pipeline, images[2]))
+            await asyncio.sleep(0.3)
+            assert not first.done() and not second.done()
+        # the third one withdrew (a bad file): the batch goes without it
+        assert (await first).classes.shape == (await second).classes.shape == (1, 1)
+        assert not batcher.running  # nobody waits: the batcher's task has ended
+
+    asyncio.run(scenario())
     assert forward.sizes == [1, 2]
-    time.sleep(1.5)
-    assert not batcher.running  # the idle thread ended by itself
 
 
 def test_forward_key_and_row_selection(small_model):

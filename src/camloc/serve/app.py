@@ -233,10 +233,10 @@ class Explainer:
         [result] = prepared.pipeline.finish(output, [prepared.geometry], [prepared.name], [(height, width)])
         return result
 
-    def close(self) -> None:
-        """Stop the batcher's thread (requests still queued for it fail with 503)."""
+    async def close(self) -> None:
+        """Stop the batcher: the batch running finishes, requests still queued get 503."""
         if self.batcher is not None:
-            self.batcher.close()
+            await self.batcher.close()
 
 
 # --------------------------------------------------------------------------- decoding uploads
@@ -558,7 +558,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        await run_in_threadpool(explainer.close)  # no batcher thread outlives the server
+        await explainer.close()  # no batch outlives the server
 
     app = FastAPI(
         lifespan=lifespan,
@@ -682,8 +682,7 @@ def create_app(
                         prepared = await run_in_threadpool(prepare_upload, explainer, data, name,
                                                            file.content_type, max_pixels, options)
                         del data
-                    future = coming.submit(prepared.pipeline, prepared.tensor)
-                output = await asyncio.wrap_future(future)  # a client gone before its batch is left out
+                    output = await coming.run(prepared.pipeline, prepared.tensor)
             except BatcherClosed as closed:
                 raise ApiError(503, str(closed), headers={"Retry-After": "5"}) from None
             async with admission.phase():

@@ -1,12 +1,14 @@
 """Dynamic micro-batching for ``camloc serve``: requests that arrive together share one forward pass.
 
 A request decodes and preprocesses its image on its own (in the server's thread pool), then
-hands the network-size tensor to the :class:`MicroBatcher` and waits. The batcher's one
-thread takes the oldest waiting request, collects up to ``max_batch`` requests whose forward
-pass is the same (:func:`forward_key`: method, layer, input size, views, precision), runs
-them as one batch through :meth:`camloc.pipeline.Pipeline.forward` and gives each request
-its own slice of the output. It waits for company at most ``wait`` seconds after the oldest
-arrived, and only while other requests are still being decoded (announced with
+hands the network-size tensor to the :class:`MicroBatcher` and waits, in the event loop,
+holding no thread. The batcher (a task of the event loop, alive while requests wait) takes
+the oldest waiting request, collects up to ``max_batch`` requests whose forward pass is the
+same (:func:`forward_key`: method, layer, input size, views, precision), runs them as one
+batch through :meth:`camloc.pipeline.Pipeline.forward` in the server's thread pool (the
+threads that decode and finish: no thread of its own) and gives each request its own slice
+of the output. It waits for company at most ``wait`` seconds after the oldest arrived, and
+only while other requests are still being decoded (announced with
 :meth:`MicroBatcher.announce`): a lone request never waits. While a batch runs, new
 requests queue up and form the next batch, so a busy server batches without waiting at all.
 
@@ -18,27 +20,29 @@ chosen among candidates of the first view, so there requests batch only with the
 selection. A batch that fails is run again one request at a time: an error stays with the
 request that caused it.
 
->>> import torch, camloc
+>>> import asyncio, torch, camloc
 >>> from camloc.pipeline import ExplainConfig, Pipeline
 >>> model = camloc.load_model("resnet18", weights="random")
->>> pipeline = Pipeline(model, ExplainConfig(topk=2))
+>>> top2, top1 = Pipeline(model, ExplainConfig(topk=2)), Pipeline(model, ExplainConfig(topk=1))
 >>> batcher = MicroBatcher(lambda p, batch, selection: p.forward(batch, selection), max_batch=4)
->>> output = batcher.submit(pipeline, torch.zeros(3, 224, 224)).result()
->>> tuple(output.maps.shape[:2]), batcher.stats.forward_passes
-((1, 2), 1)
->>> batcher.close()
+>>> async def two_requests():
+...     return await asyncio.gather(batcher.run(top2, torch.zeros(3, 224, 224)),
+...                                 batcher.run(top1, torch.ones(3, 224, 224)))
+>>> [tuple(output.maps.shape[:2]) for output in asyncio.run(two_requests())]
+[(1, 2), (1, 1)]
+>>> batcher.stats.forward_passes, batcher.stats.largest_batch
+(1, 2)
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
+from starlette.concurrency import run_in_threadpool
 
 from ..methods import ClassSelection, MethodOutput, Selection
 from ..models import ClassifierAdapter
@@ -46,7 +50,6 @@ from ..pipeline import Pipeline
 
 DEFAULT_MAX_BATCH = 8  # requests in one forward pass
 DEFAULT_BATCH_WAIT_MS = 5.0  # how long the oldest request waits for company, at most
-IDLE_SECONDS = 30.0  # the batcher's thread ends after this long without work (restarts on demand)
 
 # pipeline, batch (N, 3, h, w), classes of each image (None: the pipeline's) → output
 Forward = Callable[[Pipeline, torch.Tensor, Selection | None], MethodOutput]
@@ -128,34 +131,6 @@ class BatchStats:
                     "mean_batch": round(mean, 3), "largest_batch": self.largest_batch}
 
 
-class Announcement:
-    """A request on its way to the batcher (:meth:`MicroBatcher.announce`): while it is being
-    decoded, a batch may wait for it; :meth:`submit` hands its tensor over, and leaving the
-    ``with`` block without submitting (a bad file) withdraws it."""
-
-    def __init__(self, batcher: MicroBatcher):
-        self.batcher, self.open = batcher, False
-
-    def __enter__(self) -> Announcement:
-        with self.batcher._condition:
-            self.batcher._coming += 1
-            self.open = True
-        return self
-
-    def submit(self, pipeline: Pipeline, tensor: torch.Tensor) -> Future[MethodOutput]:
-        """:meth:`MicroBatcher.submit`, no longer announced (one step: no batch misses it)."""
-        future = self.batcher.submit(pipeline, tensor, announced=self.open)
-        self.open = False
-        return future
-
-    def __exit__(self, *_exc: object) -> None:
-        with self.batcher._condition:
-            if self.open:
-                self.batcher._coming -= 1
-                self.open = False
-                self.batcher._condition.notify_all()
-
-
 @dataclass(eq=False)
 class Job:
     """One request waiting for its forward pass."""
@@ -163,156 +138,192 @@ class Job:
     pipeline: Pipeline
     tensor: torch.Tensor  # (3, h, w), normalised, at network size
     key: Hashable
-    arrived: float
-    future: Future[MethodOutput] = field(default_factory=Future)
+    arrived: float  # the event loop's clock
+    future: asyncio.Future[MethodOutput]
+
+
+class Announcement:
+    """A request on its way to the batcher (:meth:`MicroBatcher.announce`): while it is being
+    decoded, a batch may wait for it; :meth:`run` hands its tensor over, and leaving the
+    ``with`` block without running (a bad file) withdraws it."""
+
+    def __init__(self, batcher: MicroBatcher):
+        self.batcher, self.open = batcher, False
+
+    def __enter__(self) -> Announcement:
+        self.batcher._bind()
+        self.batcher._coming += 1
+        self.open = True
+        return self
+
+    async def run(self, pipeline: Pipeline, tensor: torch.Tensor) -> MethodOutput:
+        """:meth:`MicroBatcher.run`, no longer announced once queued."""
+        announced, self.open = self.open, False
+        return await self.batcher.run(pipeline, tensor, announced=announced)
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.open:
+            self.open = False
+            self.batcher._coming -= 1
+            self.batcher._wake()
 
 
 class MicroBatcher:
     """Collects compatible requests into one forward pass (see the module's description).
 
     ``forward(pipeline, batch, selection)`` runs one batch (``camloc serve``: the pipeline's
-    forward under the model's lock), counted in ``stats``; ``max_batch`` requests at most in one pass;
-    ``wait`` seconds at most that the oldest request waits for announced ones (0: run
-    whatever is waiting as soon as the model is free). The thread starts with the first
-    request and ends after ``idle`` seconds without any, or at :meth:`close`.
+    forward under the model's lock), counted in ``stats``; ``max_batch`` requests at most in
+    one pass; ``wait`` seconds at most that the oldest request waits for announced ones (0:
+    run whatever is waiting as soon as the model is free). Used from one event loop at a
+    time (a test client may start several, one after the other).
     """
 
     def __init__(self, forward: Forward, max_batch: int = DEFAULT_MAX_BATCH,
-                 wait: float = DEFAULT_BATCH_WAIT_MS / 1000, idle: float = IDLE_SECONDS,
-                 stats: BatchStats | None = None):
-        if max_batch < 1 or wait < 0 or idle <= 0:
-            raise ValueError(f"max_batch must be >= 1, wait >= 0 and idle > 0, got {max_batch}, {wait}, {idle}")
-        self.forward, self.max_batch, self.wait, self.idle = forward, max_batch, wait, idle
+                 wait: float = DEFAULT_BATCH_WAIT_MS / 1000, stats: BatchStats | None = None):
+        if max_batch < 1 or wait < 0:
+            raise ValueError(f"max_batch must be >= 1 and wait >= 0, got {max_batch} and {wait}")
+        self.forward, self.max_batch, self.wait = forward, max_batch, wait
         self.stats = stats if stats is not None else BatchStats()
         self._pending: list[Job] = []
-        self._condition = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._coming = 0  # announced requests not queued yet
         self._closing = False
-        self._coming = 0  # announced requests not submitted yet
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: asyncio.Event | None = None  # set when a request is queued or withdrawn
+        self._leader: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ the requests' side
 
     def announce(self) -> Announcement:
-        """``with batcher.announce() as coming: ...; future = coming.submit(pipeline, tensor)``:
-        batches wait (up to ``wait``) for requests announced before they are decoded."""
+        """``with batcher.announce() as coming: ...decode...; output = await coming.run(...)``:
+        a batch waits (up to ``wait``) for requests announced before they are decoded."""
         return Announcement(self)
 
-    def submit(self, pipeline: Pipeline, tensor: torch.Tensor, announced: bool = False) -> Future[MethodOutput]:
-        """Queue one preprocessed image; the future gets its output (``(1, k, h, w)`` maps with
-        its own ``k`` classes) or the exception its forward pass raised."""
-        job = Job(pipeline, tensor, forward_key(pipeline), time.monotonic())
-        with self._condition:
-            if announced:
-                self._coming -= 1
-            if self._closing:
-                raise BatcherClosed("the server is shutting down")
-            self._pending.append(job)
-            if self._thread is None:
-                self._start()
-            self._condition.notify()
-        return job.future
-
-    async def run(self, pipeline: Pipeline, tensor: torch.Tensor) -> MethodOutput:
-        """:meth:`submit` from the event loop: waits without holding a thread; a request
-        cancelled (client gone) before its batch starts is left out of it."""
-        return await asyncio.wrap_future(self.submit(pipeline, tensor))
+    async def run(self, pipeline: Pipeline, tensor: torch.Tensor, announced: bool = False) -> MethodOutput:
+        """The output of one preprocessed image (``(1, k, h, w)`` maps with its own ``k``
+        classes), or the exception its forward pass raised. A request cancelled (client gone)
+        before its batch starts is left out of it."""
+        loop = self._bind()
+        if announced:
+            self._coming -= 1
+        if self._closing:
+            raise BatcherClosed("the server is shutting down")
+        job = Job(pipeline, tensor, forward_key(pipeline), loop.time(), loop.create_future())
+        self._pending.append(job)
+        self._wake()
+        if self._leader is None or self._leader.done():
+            self._leader = loop.create_task(self._lead(), name="camloc-batcher")
+        return await job.future
 
     @property
     def waiting(self) -> int:
         """Requests queued for a forward pass (not counting the batch running)."""
-        with self._condition:
-            return len(self._pending)
+        return len(self._pending)
 
     @property
     def running(self) -> bool:
-        """Whether the batcher's thread is alive."""
-        thread = self._thread
-        return thread is not None and thread.is_alive()
+        """Whether the batcher's task is alive (it ends when no request is waiting)."""
+        return self._leader is not None and not self._leader.done()
 
-    def close(self, timeout: float | None = 60.0) -> None:
-        """Stop: the batch running finishes, requests still queued fail with
-        :class:`BatcherClosed`, the thread is joined. A later :meth:`submit` starts again."""
-        with self._condition:
-            self._closing = True
+    async def close(self) -> None:
+        """Stop: requests still queued fail with :class:`BatcherClosed`, the batch running
+        finishes. A later :meth:`run` starts again."""
+        self._closing = True
+        try:
             dropped, self._pending = self._pending, []
-            thread = self._thread
-            self._condition.notify_all()
-        for job in dropped:
-            if job.future.set_running_or_notify_cancel():
-                job.future.set_exception(BatcherClosed("the server is shutting down"))
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-        with self._condition:
+            for job in dropped:
+                if not job.future.done():
+                    job.future.set_exception(BatcherClosed("the server is shutting down"))
+            leader = self._leader
+            if leader is not None and not leader.done() and leader.get_loop() is asyncio.get_running_loop():
+                await leader
+        finally:
             self._closing = False
 
-    # ------------------------------------------------------------------ the batcher's thread
+    # ------------------------------------------------------------------ the batcher's task
 
-    def _work(self) -> None:
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        """The running event loop; a new one (a new test client) starts with a clean state."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._changed, self._leader = loop, asyncio.Event(), None
+            self._pending, self._coming = [], 0  # requests of a loop that is gone cannot be answered
+        return loop
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    async def _lead(self) -> None:
+        """Batch after batch while requests wait; ends when none does."""
+        while self._pending:
+            jobs = await self._collect()
+            if jobs:
+                await self._run(jobs)
+
+    async def _collect(self) -> list[Job]:
+        """The next batch: the oldest request and up to ``max_batch - 1`` with its forward pass,
+        after waiting (at most until ``wait`` after the oldest arrived) for announced ones."""
+        loop, changed = asyncio.get_running_loop(), self._changed
+        assert changed is not None
+        first = self._pending[0]
+        deadline = first.arrived + self.wait
+        while self._coming > 0 and sum(job.key == first.key for job in self._pending) < self.max_batch:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            changed.clear()
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                break
+        chosen = [job for job in self._pending if job.key == first.key][: self.max_batch]
+        taken = {id(job) for job in chosen}
+        self._pending = [job for job in self._pending if id(job) not in taken]
+        return [job for job in chosen if not job.future.done()]  # cancelled: left out
+
+    async def _run(self, jobs: list[Job]) -> None:
+        """One forward pass for ``jobs`` in the thread pool; if it fails, each job alone, so an
+        error reaches only the request that caused it."""
         try:
-            while (jobs := self._next_batch()) is not None:
-                self._run(jobs)
-        finally:
-            with self._condition:
-                if self._thread is threading.current_thread():  # ended by an unexpected error
-                    self._thread = None
-                    if self._pending and not self._closing:  # nobody is left waiting in vain
-                        self._start()
-
-    def _start(self) -> None:
-        """A new thread for the batcher (called holding the condition's lock)."""
-        self._thread = threading.Thread(target=self._work, name="camloc-batcher", daemon=True)
-        self._thread.start()
-
-    def _next_batch(self) -> list[Job] | None:
-        """The next batch (cancelled requests left out; may be empty), or ``None`` to stop."""
-        with self._condition:
-            while not self._pending:
-                if self._closing or (not self._condition.wait(self.idle) and not self._pending):
-                    self._thread = None
-                    return None
-            first = self._pending[0]
-            deadline = first.arrived + self.wait
-            while not self._closing and self._coming > 0:  # others are on their way: wait a little
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or sum(job.key == first.key for job in self._pending) >= self.max_batch:
-                    break
-                self._condition.wait(remaining)
-            if self._closing:
-                return None
-            chosen = [job for job in self._pending if job.key == first.key][: self.max_batch]
-            taken = {id(job) for job in chosen}
-            self._pending = [job for job in self._pending if id(job) not in taken]
-        return [job for job in chosen if job.future.set_running_or_notify_cancel()]
-
-    def _run(self, jobs: list[Job]) -> None:
-        """One forward pass for ``jobs``; if it fails, each job alone, so an error reaches only
-        the request that caused it."""
-        if not jobs:
-            return
-        try:
-            outputs = self._forward(jobs)
-        except Exception as error:  # noqa: BLE001 - handed to the requests, never lost
-            if len(jobs) == 1:
-                jobs[0].future.set_exception(error)
+            try:
+                outputs = await run_in_threadpool(self._forward, jobs)
+            except Exception as error:  # noqa: BLE001 - handed to the requests, never lost
+                if len(jobs) == 1:
+                    _settle(jobs[0], error=error)
+                    return
+                for job in jobs:
+                    try:
+                        [output] = await run_in_threadpool(self._forward, [job])
+                    except Exception as alone:  # noqa: BLE001 - this request's own error
+                        _settle(job, error=alone)
+                    else:
+                        _settle(job, output)
                 return
+            for job, output in zip(jobs, outputs, strict=True):
+                _settle(job, output)
+        except asyncio.CancelledError:  # the event loop is shutting down
             for job in jobs:
-                try:
-                    [output] = self._forward([job])
-                except Exception as alone:  # noqa: BLE001 - this request's own error
-                    job.future.set_exception(alone)
-                else:
-                    job.future.set_result(output)
-            return
-        for job, output in zip(jobs, outputs, strict=True):
-            job.future.set_result(output)
+                _settle(job, error=BatcherClosed("the server is shutting down"))
+            raise
 
     def _forward(self, jobs: list[Job]) -> list[MethodOutput]:
+        """In a worker thread: the batch, each request's own classes when they differ."""
         selections = [job.pipeline.selection for job in jobs]
         same = all(selection == selections[0] for selection in selections)
         batch = torch.stack([job.tensor for job in jobs])
         output = self.forward(jobs[0].pipeline, batch, None if same else RowSelection(selections))
         self.stats.record(len(jobs))
         return split_output(output, [selection.count for selection in selections])
+
+
+def _settle(job: Job, output: MethodOutput | None = None, error: BaseException | None = None) -> None:
+    """Answer ``job`` unless its request is gone."""
+    if job.future.done():
+        return
+    if error is not None:
+        job.future.set_exception(error)
+    elif output is not None:
+        job.future.set_result(output)
 
 
 __all__ = ["DEFAULT_BATCH_WAIT_MS", "DEFAULT_MAX_BATCH", "Announcement", "BatchStats", "BatcherClosed", "Job",
