@@ -14,8 +14,9 @@ an error too (it would mean concurrent requests got mixed up).
 ``--compare``: two servers side by side, ``--max-batch 1`` (each request's forward pass
 alone) and the default micro-batching (``--batch-args``, default ``--max-batch 8``), loaded
 in turn (round-robin, ``--rounds`` times, the order alternating) at each concurrency with
-the same photos; prints images/s and p50/p95 latency of each, their ratios, and the batched
-server's mean batch (``GET /api/stats``).
+the same photos; prints images/s, p50/p95 latency and the server's CPU time per image (less
+sensitive than wall time to other work on the machine) of each, their ratios, and the mean
+batch (``GET /api/stats``).
 
 ``--mixed``: normal photos among adversarial requests (a 120 KB PNG of 6000x6000 pixels with
 topk=20, 20 classes on a 1000x1000 PNG with max_side=0, a 4000x3000 PNG with max_side=0,
@@ -366,7 +367,9 @@ class Contender:
 
     name: str
     url: str
+    pid: int
     expected: dict[Path, str] = field(default_factory=dict)
+    cpu: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))  # server CPU s per load
     loads: dict[int, list[LoadReport]] = field(default_factory=lambda: defaultdict(list))
     batches: dict[int, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))  # passes, images
 
@@ -380,6 +383,10 @@ class Contender:
     def errors(self, concurrency: int) -> list[str]:
         return [e for r in self.loads[concurrency] for e in r.errors]
 
+    def cpu_per_image(self, concurrency: int) -> float:
+        """The server's CPU seconds (all its threads) per answered image."""
+        return sum(self.cpu[concurrency]) / max(sum(len(r.latencies) for r in self.loads[concurrency]), 1)
+
     def mean_batch(self, concurrency: int) -> float:
         passes = sum(p for p, _ in self.batches[concurrency])
         return sum(i for _, i in self.batches[concurrency]) / max(passes, 1)
@@ -389,20 +396,29 @@ def stats(url: str) -> dict:
     return httpx.get(f"{url}/api/stats", timeout=30).json()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (Linux ``/proc``), all threads."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def compare_table(contenders: list[Contender], levels: list[int]) -> list[str]:
     today, batched = contenders
-    lines = ["| concurrency | server | images/s | p50 ms | p95 ms | mean batch | errors |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| concurrency | server | images/s | p50 ms | p95 ms | server CPU ms / image | mean batch | errors |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for concurrency in levels:
         for contender in contenders:
             lines.append(f"| {concurrency} | {contender.name} | {contender.throughput(concurrency):.2f} | "
                          f"{contender.latency(concurrency, 50) * 1000:.0f} | "
                          f"{contender.latency(concurrency, 95) * 1000:.0f} | "
+                         f"{contender.cpu_per_image(concurrency) * 1000:.0f} | "
                          f"{contender.mean_batch(concurrency):.2f} | {len(contender.errors(concurrency))} |")
         lines.append(f"| {concurrency} | ratio batched / alone | "
                      f"**{batched.throughput(concurrency) / today.throughput(concurrency):.2f}×** | "
                      f"{batched.latency(concurrency, 50) / today.latency(concurrency, 50):.2f}× | "
-                     f"{batched.latency(concurrency, 95) / today.latency(concurrency, 95):.2f}× | | |")
+                     f"{batched.latency(concurrency, 95) / today.latency(concurrency, 95):.2f}× | "
+                     f"{batched.cpu_per_image(concurrency) / today.cpu_per_image(concurrency):.2f}× | | |")
     return lines
 
 
@@ -414,18 +430,20 @@ def main_compare(args: argparse.Namespace, images: list[Path]) -> int:
     print(f"camloc serve, batching off and on: {len(images)} photos, {os.cpu_count()} CPUs, "
           f"{args.requests} requests per load, {args.rounds} round(s), concurrency {levels}; "
           f"server arguments {' '.join(common) or '(defaults)'}", flush=True)
-    with camloc_server(setups[0][1]) as first, camloc_server(setups[1][1]) as second:
-        contenders = [Contender(setups[0][0], first), Contender(setups[1][0], second)]
+    with camloc_server_process(setups[0][1]) as first, camloc_server_process(setups[1][1]) as second:
+        contenders = [Contender(setups[0][0], first[0], first[1].pid),
+                      Contender(setups[1][0], second[0], second[1].pid)]
         for contender in contenders:
             contender.expected = asyncio.run(expected_labels(contender.url, images))
         for round_ in range(args.rounds):
             for concurrency in levels:
                 order = contenders if (round_ + concurrency) % 2 == 0 else contenders[::-1]
                 for contender in order:  # round-robin: the machine's drift hits both alike
-                    before = stats(contender.url)
+                    before, cpu = stats(contender.url), cpu_seconds(contender.pid)
                     report = asyncio.run(run_load(contender.url, images, args.requests, concurrency,
                                                   expected=contender.expected))
                     after = stats(contender.url)
+                    contender.cpu[concurrency].append(cpu_seconds(contender.pid) - cpu)
                     contender.loads[concurrency].append(report)
                     contender.batches[concurrency].append((after["forward_passes"] - before["forward_passes"],
                                                            after["images"] - before["images"]))
@@ -433,7 +451,8 @@ def main_compare(args: argparse.Namespace, images: list[Path]) -> int:
                           f"{len(report.latencies) / max(report.seconds, 1e-9):.2f} images/s, "
                           f"p50 {report.percentile(report.latencies, 50) * 1000:.0f} ms, "
                           f"p95 {report.percentile(report.latencies, 95) * 1000:.0f} ms, "
-                          f"errors {report.error_count}", flush=True)
+                          f"server CPU {contender.cpu[concurrency][-1] * 1000 / max(len(report.latencies), 1):.0f} "
+                          f"ms/image, errors {report.error_count}", flush=True)
     print("\n".join(compare_table(contenders, levels)))
     failed = [e for c in contenders for level in levels for e in c.errors(level)]
     if failed:
