@@ -373,6 +373,29 @@ def test_a_batch_waits_only_for_announced_requests(small_model):
     assert forward.sizes == [1, 2]
 
 
+def test_a_batch_takes_a_workers_slot_and_whoever_came_meanwhile(small_model):
+    forward = GatedForward()
+    forward.gate.set()
+    pipeline = Pipeline(small_model)
+    images = tensors(small_model, 2)
+
+    async def scenario() -> None:
+        slots = asyncio.Semaphore(1)  # one worker, busy decoding
+        batcher = MicroBatcher(forward, max_batch=8, wait=0, slot=lambda: slots)
+        await slots.acquire()
+        first = asyncio.ensure_future(batcher.run(pipeline, images[0]))
+        await asyncio.sleep(0.3)
+        assert not forward.sizes and not first.done()  # the batch waits for the slot
+        second = asyncio.ensure_future(batcher.run(pipeline, images[1]))
+        await asyncio.sleep(0.05)
+        slots.release()
+        await asyncio.gather(first, second)
+        assert not slots.locked()
+
+    asyncio.run(scenario())
+    assert forward.sizes == [2]  # the request that came while the slot was busy joined
+
+
 def test_forward_key_and_row_selection(small_model):
     cam = Pipeline(small_model, ExplainConfig(topk=1))
     assert forward_key(cam) == forward_key(Pipeline(small_model, ExplainConfig(topk=5, policy="pad",

@@ -1,19 +1,19 @@
 """``camloc serve``: a web page to try camloc and a JSON API, from one FastAPI app.
 
 The model is loaded once. An explain request decodes and preprocesses its image, waits for
-the model's forward pass, then finishes (maps, boxes) and renders its answer; decoding and
-finishing run in Starlette's thread pool, at most ``workers`` requests at a time. Requests
-that wait for the model together share one forward pass (:mod:`camloc.serve.batching`: up
-to ``max_batch`` of them; a batch waits at most ``batch_wait_ms`` for requests still being
-decoded); ``max_batch=1`` runs each request's forward pass alone. The forward pass runs under one lock (the adapter's
-feature hook is per call and must not interleave) and the event loop stays free to answer
-other requests. At most ``workers`` requests are at work at once (``workers + 2 *
-max_batch`` when batching: one batch in the model, the next one forming), at most
-``max_queue`` wait for their turn, and the rest get 503 with ``Retry-After``. What one
-request may hold is bounded: the image by
-``max_pixels``, the returned pictures and maps by :data:`MAX_DISPLAY_PIXELS` and
-:data:`MAX_MAP_PIXELS` (maps are computed at display size, never at full size; boxes at
-original resolution a band of rows at a time).
+the model's forward pass, then finishes (maps, boxes) and renders its answer, in
+Starlette's thread pool; at most ``workers`` of these steps run at a time (a batch's
+forward pass counts as one). Requests that wait for the model together share one forward
+pass (:mod:`camloc.serve.batching`: up to ``max_batch`` of them; a batch waits at most
+``batch_wait_ms`` for requests still being decoded); ``max_batch=1`` runs each request
+alone, from upload to answer. The forward pass runs under one lock (the adapter's feature
+hook is per call and must not interleave) and the event loop stays free to answer other
+requests. At most ``workers`` requests are at work at once (``workers + 2 * max_batch``
+when batching: one batch in the model, the next one forming), at most ``max_queue`` wait
+for their turn, and the rest get 503 with ``Retry-After``. What one request may hold is
+bounded: the image by ``max_pixels``, the returned pictures and maps by
+:data:`MAX_DISPLAY_PIXELS` and :data:`MAX_MAP_PIXELS` (maps are computed at display size,
+never at full size; boxes at original resolution a band of rows at a time).
 
 >>> import camloc
 >>> from fastapi.testclient import TestClient
@@ -37,7 +37,7 @@ import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -184,7 +184,8 @@ class Explainer:
     """
 
     def __init__(self, model: ClassifierAdapter, config: ExplainConfig | None = None,
-                 max_batch: int = 1, batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS):
+                 max_batch: int = 1, batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+                 slot: Callable[[], AbstractAsyncContextManager[Any]] | None = None):
         if max_batch < 1 or batch_wait_ms < 0:
             raise ValueError(f"max_batch must be >= 1 and batch_wait_ms >= 0, got {max_batch} and {batch_wait_ms}")
         self.model = model
@@ -193,7 +194,7 @@ class Explainer:
         self.lock = threading.Lock()
         self.stats = BatchStats()
         self.max_batch, self.batch_wait_ms = max_batch, batch_wait_ms
-        self.batcher = (MicroBatcher(self.forward, max_batch, batch_wait_ms / 1000, stats=self.stats)
+        self.batcher = (MicroBatcher(self.forward, max_batch, batch_wait_ms / 1000, stats=self.stats, slot=slot)
                         if max_batch > 1 else None)
 
     def pipeline(self, options: ExplainOptions) -> Pipeline:
@@ -383,8 +384,9 @@ class SecurityHeaders:
 
 class Admission:
     """At most ``at_work`` explain requests at work (default ``workers``), at most
-    ``max_queue`` waiting for a turn; within a turn, at most ``workers`` requests in a
-    :meth:`phase` (decoding, finishing and rendering: the steps that hold an image or maps).
+    ``max_queue`` waiting for a turn; within a turn, at most ``workers`` heavy steps at once,
+    each in a :meth:`phase` (decoding, a batch's forward pass, finishing and rendering: the
+    steps that hold an image, a batch or maps, and the CPU).
 
     ``async with admission.turn():`` waits (in the event loop, holding no thread) or raises
     :class:`ApiError` 503 with a ``Retry-After`` estimated from recent requests when the
@@ -550,9 +552,10 @@ def create_app(
     collected for at most ``batch_wait_ms`` (``max_batch=1``: each alone, ``workers``
     requests at work in all); ``max_queue`` more may wait; beyond, 503 with ``Retry-After``.
     """
-    explainer = Explainer(model, config, max_batch, batch_wait_ms)
     at_work = workers + 2 * max_batch if max_batch > 1 else workers
     admission = Admission(workers, max_queue, at_work)
+    # decoding, a batch's forward pass and finishing share the workers' slots
+    explainer = Explainer(model, config, max_batch, batch_wait_ms, slot=admission.phase)
     samples_dir = Path(samples) if samples is not None else Path(str(STATIC / "samples"))
 
     @asynccontextmanager

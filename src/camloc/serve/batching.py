@@ -37,9 +37,12 @@ request that caused it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Hashable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from starlette.concurrency import run_in_threadpool
@@ -174,15 +177,18 @@ class MicroBatcher:
     ``forward(pipeline, batch, selection)`` runs one batch (``camloc serve``: the pipeline's
     forward under the model's lock), counted in ``stats``; ``max_batch`` requests at most in
     one pass; ``wait`` seconds at most that the oldest request waits for announced ones (0:
-    run whatever is waiting as soon as the model is free). Used from one event loop at a
-    time (a test client may start several, one after the other).
+    run whatever is waiting as soon as the model is free); ``slot()``: entered around each
+    forward pass (``camloc serve``: one of the ``workers`` slots that decoding and finishing
+    take too, so the heavy steps at once stay as many as without batching). Used from one
+    event loop at a time (a test client may start several, one after the other).
     """
 
     def __init__(self, forward: Forward, max_batch: int = DEFAULT_MAX_BATCH,
-                 wait: float = DEFAULT_BATCH_WAIT_MS / 1000, stats: BatchStats | None = None):
+                 wait: float = DEFAULT_BATCH_WAIT_MS / 1000, stats: BatchStats | None = None,
+                 slot: Callable[[], AbstractAsyncContextManager[Any]] | None = None):
         if max_batch < 1 or wait < 0:
             raise ValueError(f"max_batch must be >= 1 and wait >= 0, got {max_batch} and {wait}")
-        self.forward, self.max_batch, self.wait = forward, max_batch, wait
+        self.forward, self.max_batch, self.wait, self.slot = forward, max_batch, wait, slot
         self.stats = stats if stats is not None else BatchStats()
         self._pending: list[Job] = []
         self._coming = 0  # announced requests not queued yet
@@ -256,13 +262,15 @@ class MicroBatcher:
     async def _lead(self) -> None:
         """Batch after batch while requests wait; ends when none does."""
         while self._pending:
-            jobs = await self._collect()
-            if jobs:
-                await self._run(jobs)
+            await self._wait_for_company()
+            async with self.slot() if self.slot is not None else contextlib.nullcontext():
+                jobs = self._take()  # after the slot: requests that came meanwhile join too
+                if jobs:
+                    await self._run(jobs)
 
-    async def _collect(self) -> list[Job]:
-        """The next batch: the oldest request and up to ``max_batch - 1`` with its forward pass,
-        after waiting (at most until ``wait`` after the oldest arrived) for announced ones."""
+    async def _wait_for_company(self) -> None:
+        """While requests are announced and the oldest request's batch is not full: wait, at
+        most until ``wait`` after the oldest arrived."""
         loop, changed = asyncio.get_running_loop(), self._changed
         assert changed is not None
         first = self._pending[0]
@@ -270,16 +278,23 @@ class MicroBatcher:
         while self._coming > 0 and sum(job.key == first.key for job in self._pending) < self.max_batch:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                break
+                return
             changed.clear()
             try:
                 await asyncio.wait_for(changed.wait(), remaining)
             except TimeoutError:
-                break
+                return
+
+    def _take(self) -> list[Job]:
+        """The next batch: the oldest request and up to ``max_batch - 1`` with its forward pass
+        (cancelled ones left out; may be empty)."""
+        if not self._pending:
+            return []
+        first = self._pending[0]
         chosen = [job for job in self._pending if job.key == first.key][: self.max_batch]
         taken = {id(job) for job in chosen}
         self._pending = [job for job in self._pending if id(job) not in taken]
-        return [job for job in chosen if not job.future.done()]  # cancelled: left out
+        return [job for job in chosen if not job.future.done()]
 
     async def _run(self, jobs: list[Job]) -> None:
         """One forward pass for ``jobs`` in the thread pool; if it fails, each job alone, so an
