@@ -24,7 +24,8 @@ random bytes, a truncated JPEG, a PNG header claiming 2000 megapixels), each kin
 status it must get; reports p50/p95 latency per kind, answers by status, the health probe's
 worst latency (must stay under 1 s) and the server's resident memory (``VmRSS`` of its
 process, sampled every 50 ms) idle before, at its peak during, and after each load (must
-come back within 20% of idle).
+come back within 20% of idle; "idle" is after a warm-up with every kind once and a burst of
+16 photos, so that a batching server's runtime has held a full batch).
 
 Exit status 1 when any request failed. Stops by itself: a fixed number of requests, each
 with a timeout.
@@ -241,6 +242,9 @@ def mixed_kinds(images: list[Path]) -> list[Kind]:
     ]
 
 
+BURST = 16  # concurrent photos in the warm-up of --mixed (more than the default --max-batch)
+
+
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -304,6 +308,10 @@ async def run_mixed(url: str, pid: int, images: list[Path], requests: int = 96, 
         for kind in kinds:  # warm: every code path loaded once, so "idle" is a served server's
             await client.post(f"{url}/api/explain", data=kind.form,
                               files={"file": ("upload", kind.data, "application/octet-stream")})
+        photo = kinds[0]  # and a burst, so that a batching server has run a full batch once
+        await asyncio.gather(*(client.post(f"{url}/api/explain", data=photo.form,
+                                           files={"file": ("upload", photo.data, "application/octet-stream")})
+                               for _ in range(BURST)))
         await asyncio.sleep(settle)
         report.rss_idle = rss_mb(pid)
         queue: asyncio.Queue[Kind] = asyncio.Queue()
