@@ -9,6 +9,14 @@ an error too (it would mean concurrent requests got mixed up).
     python benchmarks/load_serve.py --requests 200 --concurrency 8
     python benchmarks/load_serve.py --url http://127.0.0.1:8000   # an already running server
     python benchmarks/load_serve.py --mixed --requests 96 --concurrency 8,32   # adversarial mix
+    python benchmarks/load_serve.py --compare --requests 96 --concurrency 1,8,32  # batching on/off
+
+``--compare``: two servers side by side, ``--max-batch 1`` (each request's forward pass
+alone) and the default micro-batching (``--batch-args``, default ``--max-batch 8``), loaded
+in turn (round-robin, ``--rounds`` times, the order alternating) at each concurrency with
+the same photos; prints images/s, p50/p95 latency and the server's CPU time per image (less
+sensitive than wall time to other work on the machine) of each, their ratios, and the mean
+batch (``GET /api/stats``).
 
 ``--mixed``: normal photos among adversarial requests (a 120 KB PNG of 6000x6000 pixels with
 topk=20, 20 classes on a 1000x1000 PNG with max_side=0, a 4000x3000 PNG with max_side=0,
@@ -16,7 +24,8 @@ random bytes, a truncated JPEG, a PNG header claiming 2000 megapixels), each kin
 status it must get; reports p50/p95 latency per kind, answers by status, the health probe's
 worst latency (must stay under 1 s) and the server's resident memory (``VmRSS`` of its
 process, sampled every 50 ms) idle before, at its peak during, and after each load (must
-come back within 20% of idle).
+come back within 20% of idle; "idle" is after a warm-up with every kind once and a burst of
+16 photos, so that a batching server's runtime has held a full batch).
 
 Exit status 1 when any request failed. Stops by itself: a fixed number of requests, each
 with a timeout.
@@ -93,15 +102,21 @@ async def explain(client: httpx.AsyncClient, url: str, image: Path) -> tuple[flo
     return elapsed, response.json()["predictions"][0]["label"]
 
 
+async def expected_labels(url: str, images: list[Path], timeout: float = 120.0) -> dict[Path, str]:
+    """Each image's top label, one request at a time (also warms the server up)."""
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        return {image: (await explain(client, url, image))[1] for image in images}
+
+
 async def run_load(url: str, images: list[Path], requests: int = 200, concurrency: int = 8,
-                   timeout: float = 120.0) -> LoadReport:
-    """Warm up serially (one request per image), then ``requests`` at ``concurrency``."""
+                   timeout: float = 120.0, expected: dict[Path, str] | None = None) -> LoadReport:
+    """Warm up serially (one request per image; skipped when ``expected`` labels are given),
+    then ``requests`` at ``concurrency``."""
     report = LoadReport(requests, concurrency)
     limits = httpx.Limits(max_connections=concurrency + 2)
+    if expected is None:
+        expected = await expected_labels(url, images, timeout)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-        expected = {}
-        for image in images:
-            expected[image] = (await explain(client, url, image))[1]
         queue: asyncio.Queue[Path] = asyncio.Queue()
         for i in range(requests):
             queue.put_nowait(images[i % len(images)])
@@ -227,6 +242,9 @@ def mixed_kinds(images: list[Path]) -> list[Kind]:
     ]
 
 
+BURST = 16  # concurrent photos in the warm-up of --mixed (more than the default --max-batch)
+
+
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -290,6 +308,10 @@ async def run_mixed(url: str, pid: int, images: list[Path], requests: int = 96, 
         for kind in kinds:  # warm: every code path loaded once, so "idle" is a served server's
             await client.post(f"{url}/api/explain", data=kind.form,
                               files={"file": ("upload", kind.data, "application/octet-stream")})
+        photo = kinds[0]  # and a burst, so that a batching server has run a full batch once
+        await asyncio.gather(*(client.post(f"{url}/api/explain", data=photo.form,
+                                           files={"file": ("upload", photo.data, "application/octet-stream")})
+                               for _ in range(BURST)))
         await asyncio.sleep(settle)
         report.rss_idle = rss_mb(pid)
         queue: asyncio.Queue[Kind] = asyncio.Queue()
@@ -344,6 +366,108 @@ async def run_mixed(url: str, pid: int, images: list[Path], requests: int = 96, 
     return report
 
 
+# --------------------------------------------------------------------------- batching on and off
+
+
+@dataclass
+class Contender:
+    """One server of ``--compare``: its name, URL, expected labels, and its loads per concurrency."""
+
+    name: str
+    url: str
+    pid: int
+    expected: dict[Path, str] = field(default_factory=dict)
+    cpu: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))  # server CPU s per load
+    loads: dict[int, list[LoadReport]] = field(default_factory=lambda: defaultdict(list))
+    batches: dict[int, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))  # passes, images
+
+    def throughput(self, concurrency: int) -> float:
+        loads = self.loads[concurrency]
+        return sum(len(r.latencies) for r in loads) / max(sum(r.seconds for r in loads), 1e-9)
+
+    def latency(self, concurrency: int, q: float) -> float:
+        return LoadReport.percentile([v for r in self.loads[concurrency] for v in r.latencies], q)
+
+    def errors(self, concurrency: int) -> list[str]:
+        return [e for r in self.loads[concurrency] for e in r.errors]
+
+    def cpu_per_image(self, concurrency: int) -> float:
+        """The server's CPU seconds (all its threads) per answered image."""
+        return sum(self.cpu[concurrency]) / max(sum(len(r.latencies) for r in self.loads[concurrency]), 1)
+
+    def mean_batch(self, concurrency: int) -> float:
+        passes = sum(p for p, _ in self.batches[concurrency])
+        return sum(i for _, i in self.batches[concurrency]) / max(passes, 1)
+
+
+def stats(url: str) -> dict:
+    return httpx.get(f"{url}/api/stats", timeout=30).json()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (Linux ``/proc``), all threads."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def compare_table(contenders: list[Contender], levels: list[int]) -> list[str]:
+    today, batched = contenders
+    lines = ["| concurrency | server | images/s | p50 ms | p95 ms | server CPU ms / image | mean batch | errors |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for concurrency in levels:
+        for contender in contenders:
+            lines.append(f"| {concurrency} | {contender.name} | {contender.throughput(concurrency):.2f} | "
+                         f"{contender.latency(concurrency, 50) * 1000:.0f} | "
+                         f"{contender.latency(concurrency, 95) * 1000:.0f} | "
+                         f"{contender.cpu_per_image(concurrency) * 1000:.0f} | "
+                         f"{contender.mean_batch(concurrency):.2f} | {len(contender.errors(concurrency))} |")
+        lines.append(f"| {concurrency} | ratio batched / alone | "
+                     f"**{batched.throughput(concurrency) / today.throughput(concurrency):.2f}×** | "
+                     f"{batched.latency(concurrency, 50) / today.latency(concurrency, 50):.2f}× | "
+                     f"{batched.latency(concurrency, 95) / today.latency(concurrency, 95):.2f}× | "
+                     f"{batched.cpu_per_image(concurrency) / today.cpu_per_image(concurrency):.2f}× | | |")
+    return lines
+
+
+def main_compare(args: argparse.Namespace, images: list[Path]) -> int:
+    levels = [int(c) for c in str(args.concurrency).split(",")]
+    common = args.server_args.split()
+    setups = [("--max-batch 1", [*common, "--max-batch", "1"]),
+              (args.batch_args, [*common, *args.batch_args.split()])]
+    print(f"camloc serve, batching off and on: {len(images)} photos, {os.cpu_count()} CPUs, "
+          f"{args.requests} requests per load, {args.rounds} round(s), concurrency {levels}; "
+          f"server arguments {' '.join(common) or '(defaults)'}", flush=True)
+    with camloc_server_process(setups[0][1]) as first, camloc_server_process(setups[1][1]) as second:
+        contenders = [Contender(setups[0][0], first[0], first[1].pid),
+                      Contender(setups[1][0], second[0], second[1].pid)]
+        for contender in contenders:
+            contender.expected = asyncio.run(expected_labels(contender.url, images))
+        for round_ in range(args.rounds):
+            for concurrency in levels:
+                order = contenders if (round_ + concurrency) % 2 == 0 else contenders[::-1]
+                for contender in order:  # round-robin: the machine's drift hits both alike
+                    before, cpu = stats(contender.url), cpu_seconds(contender.pid)
+                    report = asyncio.run(run_load(contender.url, images, args.requests, concurrency,
+                                                  expected=contender.expected))
+                    after = stats(contender.url)
+                    contender.cpu[concurrency].append(cpu_seconds(contender.pid) - cpu)
+                    contender.loads[concurrency].append(report)
+                    contender.batches[concurrency].append((after["forward_passes"] - before["forward_passes"],
+                                                           after["images"] - before["images"]))
+                    print(f"round {round_ + 1}, concurrency {concurrency}, {contender.name}: "
+                          f"{len(report.latencies) / max(report.seconds, 1e-9):.2f} images/s, "
+                          f"p50 {report.percentile(report.latencies, 50) * 1000:.0f} ms, "
+                          f"p95 {report.percentile(report.latencies, 95) * 1000:.0f} ms, "
+                          f"server CPU {contender.cpu[concurrency][-1] * 1000 / max(len(report.latencies), 1):.0f} "
+                          f"ms/image, errors {report.error_count}", flush=True)
+    print("\n".join(compare_table(contenders, levels)))
+    failed = [e for c in contenders for level in levels for e in c.errors(level)]
+    if failed:
+        print(f"errors: {len(failed)}, first: {failed[0]}")
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running server (default: start `camloc serve` here)")
@@ -352,12 +476,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, default=EXAMPLES, help="folder of .jpg photos")
     parser.add_argument("--server-args", default="", help="extra `camloc serve` arguments")
     parser.add_argument("--mixed", action="store_true", help="the adversarial mix (starts its own server)")
+    parser.add_argument("--compare", action="store_true", help="--max-batch 1 against --batch-args, "
+                        "round-robin (starts both servers)")
+    parser.add_argument("--batch-args", default="--max-batch 8", help="with --compare: the batched server's "
+                        "arguments (added to --server-args)")
+    parser.add_argument("--rounds", type=int, default=3, help="with --compare: loads per server and concurrency")
+    parser.add_argument("--max-images", type=int, default=0, help="use at most this many photos (0: all)")
     args = parser.parse_args(argv)
-    images = sorted(args.images.glob("*.jpg"))
+    images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    if args.max_images:
+        images = images[: args.max_images]
     if not images:
         raise SystemExit(f"no .jpg images in {args.images}")
     if args.mixed:
         return main_mixed(args, images)
+    if args.compare:
+        return main_compare(args, images)
 
     def measure(url: str) -> LoadReport:
         return asyncio.run(run_load(url, images, args.requests, int(args.concurrency)))

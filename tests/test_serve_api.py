@@ -79,7 +79,8 @@ def test_health_and_model(client):
     assert info["exact_cam"] is True and "cam" in info["methods"]
     assert info["limits"] == {"max_upload_bytes": 20_000_000, "max_pixels": 40_000_000,
                               "max_display_pixels": 2048 * 2048, "max_map_pixels": 20 * 1024 * 1024,
-                              "max_topk": 20, "workers": 2, "max_queue": 64}
+                              "max_topk": 20, "workers": 2, "max_queue": 64,
+                              "max_batch": 8, "batch_wait_ms": 5.0}
     classes = client.get("/api/classes").json()
     assert len(classes) == 1000 and classes[967] == "espresso"
 

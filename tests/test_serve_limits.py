@@ -218,8 +218,9 @@ def test_security_headers_on_every_answer(monkeypatch):
 
 
 def test_503_with_retry_after_over_http(monkeypatch):
-    """One worker, no queue: a second explain request while the first is at work is refused
-    at once with 503, ``Retry-After`` and the security headers; health still answers."""
+    """One worker, no batching, no queue: a second explain request while the first is at work
+    is refused at once with 503, ``Retry-After`` and the security headers; health still answers
+    (with batching: tests/test_serve_batching.py)."""
     import threading
     import time
 
@@ -237,7 +238,8 @@ def test_503_with_retry_after_over_http(monkeypatch):
         return decode(*args)
 
     monkeypatch.setattr(camloc.serve.app, "decode_upload", slow_decode)
-    app = create_app(camloc.load_model("resnet18", weights="random", device="cpu"), workers=1, max_queue=0)
+    app = create_app(camloc.load_model("resnet18", weights="random", device="cpu"), workers=1, max_queue=0,
+                     max_batch=1)
     photo = {"file": ("c.jpg", (EXAMPLES / "coffee.jpg").read_bytes(), "image/jpeg")}
     with live_server(app) as url:
         first: list[httpx.Response] = []

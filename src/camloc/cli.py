@@ -661,6 +661,12 @@ def serve(
         "'*' any); default localhost, 127.0.0.1, ::1 and the --host address")] = None,
     max_queue: Annotated[int, typer.Option(
         "--max-queue", min=0, help="explain requests that may wait for the model; more get 503")] = 64,
+    max_batch: Annotated[int, typer.Option(
+        "--max-batch", min=1, max=256, rich_help_panel=SPEED, help="concurrent requests that share one forward "
+        "pass (1: each request alone)")] = 8,
+    batch_wait_ms: Annotated[float, typer.Option(
+        "--batch-wait-ms", min=0.0, max=1000.0, rich_help_panel=SPEED, help="how long a request waits for others "
+        "to share its forward pass, at most (0: only those already waiting)")] = 5.0,
     method: MethodOption = DEFAULT_METHOD,
     layer: LayerOption = None,
     policy: PolicyOption = Policy(DEFAULT_POLICY),
@@ -691,7 +697,7 @@ def serve(
 
     run_server(adapter, host, port, max_upload=int(max_upload_mb * 1e6), max_pixels=max_pixels, config=config,
                on_ready=lambda url: say(f"serving {adapter.name} at {url}", prefix="camloc: "),
-               allowed_hosts=hosts, max_queue=max_queue)
+               allowed_hosts=hosts, max_queue=max_queue, max_batch=max_batch, batch_wait_ms=batch_wait_ms)
 
 
 # --------------------------------------------------------------------------- export

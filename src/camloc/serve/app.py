@@ -1,14 +1,19 @@
 """``camloc serve``: a web page to try camloc and a JSON API, from one FastAPI app.
 
-The model is loaded once. At most ``workers`` explain requests are at work at a time
-(decoding, the model step, rendering, in Starlette's thread pool), at most ``max_queue``
-wait for their turn, and the rest get 503 with ``Retry-After``; the model step (forward
-pass, maps, boxes) runs under one lock, so concurrent requests are serialised safely (the
-adapter's feature hook is per call and must not interleave) and the event loop stays free
-to answer other requests. What one request may hold is bounded: the image by
-``max_pixels``, the returned pictures and maps by :data:`MAX_DISPLAY_PIXELS` and
-:data:`MAX_MAP_PIXELS` (maps are computed at display size, never at full size; boxes at
-original resolution a band of rows at a time).
+The model is loaded once. An explain request decodes and preprocesses its image, waits for
+the model's forward pass, then finishes (maps, boxes) and renders its answer, in
+Starlette's thread pool; at most ``workers`` of these steps run at a time (a batch's
+forward pass counts as one). Requests that wait for the model together share one forward
+pass (:mod:`camloc.serve.batching`: up to ``max_batch`` of them; a batch waits at most
+``batch_wait_ms`` for requests still being decoded); ``max_batch=1`` runs each request
+alone, from upload to answer. The forward pass runs under one lock (the adapter's feature
+hook is per call and must not interleave) and the event loop stays free to answer other
+requests. At most ``workers`` requests are at work at once (``workers + 2 * max_batch``
+when batching: one batch in the model, the next one forming), at most ``max_queue`` wait
+for their turn, and the rest get 503 with ``Retry-After``. What one request may hold is
+bounded: the image by ``max_pixels``, the returned pictures and maps by
+:data:`MAX_DISPLAY_PIXELS` and :data:`MAX_MAP_PIXELS` (maps are computed at display size,
+never at full size; boxes at original resolution a band of rows at a time).
 
 >>> import camloc
 >>> from fastapi.testclient import TestClient
@@ -32,12 +37,13 @@ import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 import torch.nn.functional as F
 from fastapi import BackgroundTasks, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -54,10 +60,11 @@ from .. import render
 from ..allocator import release_memory
 from ..config import parse_threshold
 from ..errors import CamlocError
-from ..images import RESIZE_POLICIES, claimed_size, read_image
-from ..methods import list_methods
+from ..images import RESIZE_POLICIES, Geometry, claimed_size, read_image
+from ..methods import MethodOutput, Selection, list_methods
 from ..models import ClassifierAdapter
 from ..pipeline import ExplainConfig, Explanation, Pipeline
+from .batching import DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_BATCH, BatcherClosed, BatchStats, MicroBatcher
 
 DEFAULT_MAX_UPLOAD = 20_000_000  # bytes (20 MB)
 DEFAULT_MAX_PIXELS = 40_000_000  # lower than the CLI's: a request holds k full-size maps
@@ -154,27 +161,83 @@ MaxSide = Annotated[int, Form(ge=0, le=8192, description="longest side of return
 # --------------------------------------------------------------------------- the model step
 
 
+@dataclass
+class Prepared:
+    """A request ready for the model: its pipeline, the network's input, and the picture
+    already at display size (the full-size image is not kept while the request waits)."""
+
+    pipeline: Pipeline
+    tensor: torch.Tensor  # (3, h, w) at network size
+    geometry: Geometry
+    picture: Image.Image  # at display size
+    name: str
+
+
 class Explainer:
     """The loaded model behind a lock: ``explain(image, name, options) → Explanation``,
-    through the one :class:`Pipeline` every door uses, with the server's ``config``."""
+    through the one :class:`Pipeline` every door uses, with the server's ``config``.
 
-    def __init__(self, model: ClassifierAdapter, config: ExplainConfig | None = None):
+    With ``max_batch > 1`` a :class:`~camloc.serve.batching.MicroBatcher` runs the forward
+    passes of concurrent requests together (:meth:`prepare`, then the batcher, then
+    :meth:`finish`); :meth:`explain` runs one request alone. ``stats`` counts the forward
+    passes.
+    """
+
+    def __init__(self, model: ClassifierAdapter, config: ExplainConfig | None = None,
+                 max_batch: int = 1, batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+                 slot: Callable[[], AbstractAsyncContextManager[Any]] | None = None):
+        if max_batch < 1 or batch_wait_ms < 0:
+            raise ValueError(f"max_batch must be >= 1 and batch_wait_ms >= 0, got {max_batch} and {batch_wait_ms}")
         self.model = model
         self.config = config or ExplainConfig()
         Pipeline(model, self.config)  # the server's own options fail at start-up
         self.lock = threading.Lock()
+        self.stats = BatchStats()
+        self.max_batch, self.batch_wait_ms = max_batch, batch_wait_ms
+        self.batcher = (MicroBatcher(self.forward, max_batch, batch_wait_ms / 1000, stats=self.stats, slot=slot)
+                        if max_batch > 1 else None)
+
+    def pipeline(self, options: ExplainOptions) -> Pipeline:
+        """The request's pipeline: the server's config with its options (bad ones → 400)."""
+        return Pipeline(self.model, options.config(self.config))
+
+    def forward(self, pipeline: Pipeline, batch: torch.Tensor, selection: Selection | None = None) -> MethodOutput:
+        """One forward pass of ``batch`` under the model's lock."""
+        with self.lock:
+            return pipeline.forward(batch, selection)
 
     def explain(self, image: Image.Image, name: str, options: ExplainOptions,
                 size: tuple[int, int] | None = None) -> Explanation:
         """``size = (width, height)``: the maps at that size (boxes still in original pixels),
         never at full size; ``None``: at the image's size."""
-        pipeline = Pipeline(self.model, options.config(self.config))  # bad options → 400 before any work
+        pipeline = self.pipeline(options)  # bad options → 400 before any work
         tensor, geometry = pipeline.preprocess(image)
-        with self.lock:
-            output = pipeline.forward(tensor[None])
+        output = self.forward(pipeline, tensor[None])
+        self.stats.record(1)
         sizes = None if size is None else [(size[1], size[0])]
         [result] = pipeline.finish(output, [geometry], [name], sizes)  # outside the lock: the model is free
         return result
+
+    def prepare(self, image: Image.Image, name: str, options: ExplainOptions) -> Prepared:
+        """Before the model: the pipeline (bad options → 400), the preprocessed tensor and
+        the picture at display size (:func:`request_display_size`)."""
+        pipeline = self.pipeline(options)
+        tensor, geometry = pipeline.preprocess(image)
+        size = request_display_size(image.width, image.height, options)
+        picture = image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+        return Prepared(pipeline, tensor, geometry, picture, name)
+
+    def finish(self, prepared: Prepared, output: MethodOutput) -> Explanation:
+        """After the model: the request's maps at display size and its boxes, with its own
+        classes and box rule."""
+        width, height = prepared.picture.size
+        [result] = prepared.pipeline.finish(output, [prepared.geometry], [prepared.name], [(height, width)])
+        return result
+
+    async def close(self) -> None:
+        """Stop the batcher: the batch running finishes, requests still queued get 503."""
+        if self.batcher is not None:
+            await self.batcher.close()
 
 
 # --------------------------------------------------------------------------- decoding uploads
@@ -320,7 +383,10 @@ class SecurityHeaders:
 
 
 class Admission:
-    """At most ``workers`` explain requests at work, at most ``max_queue`` waiting for a turn.
+    """At most ``at_work`` explain requests at work (default ``workers``), at most
+    ``max_queue`` waiting for a turn; within a turn, at most ``workers`` heavy steps at once,
+    each in a :meth:`phase` (decoding, a batch's forward pass, finishing and rendering: the
+    steps that hold an image, a batch or maps, and the CPU).
 
     ``async with admission.turn():`` waits (in the event loop, holding no thread) or raises
     :class:`ApiError` 503 with a ``Retry-After`` estimated from recent requests when the
@@ -330,24 +396,38 @@ class Admission:
     larger.
     """
 
-    def __init__(self, workers: int = DEFAULT_WORKERS, max_queue: int = DEFAULT_MAX_QUEUE):
-        if workers < 1 or max_queue < 0:
-            raise ValueError(f"workers must be >= 1 and max_queue >= 0, got {workers} and {max_queue}")
-        self.workers, self.max_queue = workers, max_queue
+    def __init__(self, workers: int = DEFAULT_WORKERS, max_queue: int = DEFAULT_MAX_QUEUE,
+                 at_work: int | None = None):
+        at_work = workers if at_work is None else at_work
+        if workers < 1 or max_queue < 0 or at_work < workers:
+            raise ValueError(f"workers must be >= 1, max_queue >= 0 and at_work >= workers, got "
+                             f"{workers}, {max_queue} and {at_work}")
+        self.workers, self.max_queue, self.at_work = workers, max_queue, at_work
         self.waiting = self.active = 0
         self.seconds = 1.0  # running mean of a request's time at work
-        self._semaphore: asyncio.Semaphore | None = None
+        self._semaphores: tuple[asyncio.Semaphore, asyncio.Semaphore] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _slots(self) -> asyncio.Semaphore:
+    def _limits(self) -> tuple[asyncio.Semaphore, asyncio.Semaphore]:
+        """``(turns, phases)`` of the running event loop (a test client may start several)."""
         loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._semaphore is None:  # one per event loop (a test client may start several)
-            self._semaphore, self._loop = asyncio.Semaphore(self.workers), loop
-        return self._semaphore
+        if self._semaphores is None or self._loop is not loop:
+            self._semaphores = asyncio.Semaphore(self.at_work), asyncio.Semaphore(self.workers)
+            self._loop = loop
+        return self._semaphores
+
+    def _slots(self) -> asyncio.Semaphore:
+        return self._limits()[0]
 
     def retry_after(self) -> int:
         """Seconds until the queue has likely moved on (at least 1)."""
-        return max(1, math.ceil((self.waiting + self.active) * self.seconds / self.workers))
+        return max(1, math.ceil((self.waiting + self.active) * self.seconds / self.at_work))
+
+    @asynccontextmanager
+    async def phase(self) -> AsyncIterator[None]:
+        """Within a turn: one of the ``workers`` heavy steps at a time (FIFO)."""
+        async with self._limits()[1]:
+            yield
 
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
@@ -457,6 +537,8 @@ def create_app(
     allowed_hosts: Sequence[str] | None = None,
     max_queue: int = DEFAULT_MAX_QUEUE,
     workers: int = DEFAULT_WORKERS,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
 ) -> FastAPI:
     """The FastAPI app serving ``model``: the page at ``/``, the API under ``/api``.
 
@@ -466,18 +548,30 @@ def create_app(
     request's ``topk``, ``class``, ``method``, ``policy`` and ``threshold`` override.
     ``allowed_hosts``: the ``Host`` headers answered (default :data:`LOCAL_HOSTS`; ``"*"``
     any, ``"*.example.com"`` a domain's subdomains), others get 400. ``workers`` explain
-    requests are at work at once, ``max_queue`` more may wait; beyond, 503 with ``Retry-After``.
+    requests decode or render at once; up to ``max_batch`` requests share a forward pass,
+    collected for at most ``batch_wait_ms`` (``max_batch=1``: each alone, ``workers``
+    requests at work in all); ``max_queue`` more may wait; beyond, 503 with ``Retry-After``.
     """
-    explainer = Explainer(model, config)
-    admission = Admission(workers, max_queue)
+    at_work = workers + 2 * max_batch if max_batch > 1 else workers
+    admission = Admission(workers, max_queue, at_work)
+    # decoding, a batch's forward pass and finishing share the workers' slots
+    explainer = Explainer(model, config, max_batch, batch_wait_ms, slot=admission.phase)
     samples_dir = Path(samples) if samples is not None else Path(str(STATIC / "samples"))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await explainer.close()  # no batch outlives the server
+
     app = FastAPI(
+        lifespan=lifespan,
         title="camloc",
         version=_version(),
         summary="Class Activation Maps: where an image classifier looks, and object boxes from it.",
         docs_url=None,  # FastAPI's Swagger UI and ReDoc load scripts and fonts from public CDNs
         redoc_url=None,
     )
+    app.state.explainer, app.state.admission = explainer, admission
     install_error_handlers(app, max_upload)
     app.add_middleware(UploadLimit, max_bytes=max_upload)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts or LOCAL_HOSTS), www_redirect=False)
@@ -513,8 +607,17 @@ def create_app(
             "policies": list(RESIZE_POLICIES),
             "limits": {"max_upload_bytes": max_upload, "max_pixels": max_pixels,
                        "max_display_pixels": MAX_DISPLAY_PIXELS, "max_map_pixels": MAX_MAP_PIXELS,
-                       "max_topk": MAX_TOPK, "workers": workers, "max_queue": max_queue},
+                       "max_topk": MAX_TOPK, "workers": workers, "max_queue": max_queue,
+                       "max_batch": max_batch, "batch_wait_ms": batch_wait_ms},
         }
+
+    @app.get("/api/stats")
+    async def stats() -> dict[str, Any]:
+        """Load counters: explain requests at work and waiting for a turn, forward passes of
+        the model and the images they held (``mean_batch``, ``largest_batch``)."""
+        return {"active": admission.active, "waiting": admission.waiting, "at_work": admission.at_work,
+                "waiting_for_model": explainer.batcher.waiting if explainer.batcher else 0,
+                **explainer.stats.to_dict()}
 
     @app.get("/api/classes")
     async def classes() -> list[str]:
@@ -567,18 +670,45 @@ def create_app(
         name = Path(file.filename or "upload").name
         background.add_task(admission.release_if_idle)  # runs once the answer is sent
         async with admission.turn():  # the upload waits spooled (on disk over 1 MB), not in memory
-            data = await file.read()
-            image = await run_in_threadpool(decode_upload, data, name, file.content_type, max_pixels)
-            del data
-            size = request_display_size(image.width, image.height, options)
-            result = await run_in_threadpool(explainer.explain, image, name, options, size)
-            return await run_in_threadpool(explain_response, image, result, options,
-                                           options.config(explainer.config), model)
+            if explainer.batcher is None:  # each request alone, from upload to answer
+                data = await file.read()
+                image = await run_in_threadpool(decode_upload, data, name, file.content_type, max_pixels)
+                del data
+                size = request_display_size(image.width, image.height, options)
+                result = await run_in_threadpool(explainer.explain, image, name, options, size)
+                return await run_in_threadpool(explain_response, image, result, options,
+                                               options.config(explainer.config), model)
+            try:
+                with explainer.batcher.announce() as coming:  # a batch forming may wait for it
+                    async with admission.phase():  # a bad file is refused here, before any batch
+                        data = await file.read()
+                        prepared = await run_in_threadpool(prepare_upload, explainer, data, name,
+                                                           file.content_type, max_pixels, options)
+                        del data
+                    output = await coming.run(prepared.pipeline, prepared.tensor)
+            except BatcherClosed as closed:
+                raise ApiError(503, str(closed), headers={"Retry-After": "5"}) from None
+            async with admission.phase():
+                return await run_in_threadpool(finish_response, explainer, prepared, output, options, model)
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     if samples_dir.is_dir():
         app.mount("/samples", StaticFiles(directory=str(samples_dir)), name="samples")
     return app
+
+
+def prepare_upload(explainer: Explainer, data: bytes, name: str, content_type: str | None, max_pixels: int,
+                   options: ExplainOptions) -> Prepared:
+    """Upload bytes → a request ready for the model (:func:`decode_upload`, then
+    :meth:`Explainer.prepare`; the full-size image is dropped once shrunk to display size)."""
+    return explainer.prepare(decode_upload(data, name, content_type, max_pixels), name, options)
+
+
+def finish_response(explainer: Explainer, prepared: Prepared, output: MethodOutput, options: ExplainOptions,
+                    model: ClassifierAdapter) -> dict[str, Any]:
+    """The model's output for one request → its answer (:func:`explain_response`)."""
+    result = explainer.finish(prepared, output)
+    return explain_response(prepared.picture, result, options, prepared.pipeline.config, model)
 
 
 def api_docs_page(schema: dict[str, Any]) -> str:
@@ -647,15 +777,18 @@ def serve(
     on_ready: Callable[[str], None] | None = None,
     allowed_hosts: Sequence[str] | None = None,
     max_queue: int = DEFAULT_MAX_QUEUE,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
 ) -> None:
     """Serve ``model`` with uvicorn until interrupted (binds to 127.0.0.1 by default).
 
     ``allowed_hosts`` (default: :func:`default_allowed_hosts` of ``host``) are the ``Host``
-    headers answered."""
+    headers answered; ``max_batch`` and ``batch_wait_ms``: see :func:`create_app`."""
     import uvicorn
 
     app = create_app(model, max_upload=max_upload, max_pixels=max_pixels, config=config,
-                     allowed_hosts=allowed_hosts or default_allowed_hosts(host), max_queue=max_queue)
+                     allowed_hosts=allowed_hosts or default_allowed_hosts(host), max_queue=max_queue,
+                     max_batch=max_batch, batch_wait_ms=batch_wait_ms)
     if on_ready:
         on_ready(f"http://{host}:{port}/")
     uvicorn.run(app, host=host, port=port, log_level="info")
