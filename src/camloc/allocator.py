@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
+from typing import Any
 
 # mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -36,12 +38,8 @@ def tune_allocator() -> bool:
     """Apply the settings above to this process; ``True`` when they were applied."""
     if os.environ.get("CAMLOC_MALLOC", "").strip().lower() in ("default", "0", "off", "no"):
         return False
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
@@ -56,12 +54,20 @@ def release_memory() -> bool:
     >>> isinstance(release_memory(), bool)
     True
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        malloc_trim = libc.malloc_trim
-    except (OSError, AttributeError):
+    malloc_trim = _libc_function("malloc_trim")
+    if malloc_trim is None:
         return False
     malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     return malloc_trim(0) == 1
+
+
+@functools.cache
+def _libc_function(name: str) -> Any:
+    """glibc's function ``name`` (looked up once per process), or ``None`` off Linux or when
+    the C library has no such function (musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
