@@ -14,7 +14,7 @@ MODULES = ["camloc", "camloc.config", "camloc.images", "camloc.models", "camloc.
            "camloc.methods", "camloc.methods.cam",
            "camloc.methods.views", "camloc.methods.registry", "camloc.maps", "camloc.boxes", "camloc.pipeline",
            "camloc.dataset", "camloc.render", "camloc.jobs.files", "camloc.jobs.local", "camloc.evaluate.ground_truth",
-           "camloc.evaluate.metrics", "camloc.evaluate.job", "camloc.allocator", "camloc.serve.batching"]
+           "camloc.evaluate.metrics", "camloc.evaluate.job", "camloc.allocator", "camloc.serve.batching", "camloc.lazy"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "camloc"
 # Stages in data-flow order; a module may import only from its own stage or earlier ones.
 # The doors of the last-but-one stage (jobs, evaluate, train, serve) do not import each other.
 STAGES = [
-    {"errors", "config", "allocator"},
+    {"errors", "config", "allocator", "lazy"},
     {"images", "classnames"},
     {"models"},
     {"methods"},

@@ -8,8 +8,9 @@ convert``: results.jsonl into detection sets) loads without torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "RESULTS_FILE": "files", "read_results": "files", "write_atomic": "files",
@@ -19,17 +20,7 @@ _EXPORTS = {
 __all__ = ["RESULTS_FILE", "OutputOptions", "RunOptions", "RunSummary", "read_results", "run", "write_atomic"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'camloc.jobs' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__, globals())
 
 
 if TYPE_CHECKING:
