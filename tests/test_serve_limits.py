@@ -166,6 +166,39 @@ def test_requests_beyond_the_queue_get_503_with_retry_after():
     assert int(refused.headers["Retry-After"]) >= 1
 
 
+def test_memory_goes_back_once_the_server_has_paused_not_between_requests(monkeypatch):
+    """A steady stream of requests never pays for giving memory back; a pause of
+    ``release_after`` seconds does, once; a request that fails (no answer sent) counts too."""
+    released: list[int] = []
+    monkeypatch.setattr("camloc.serve.app.release_memory", lambda: released.append(1) or True)
+
+    async def request(admission: Admission, fail: bool = False) -> None:
+        try:
+            async with admission.turn():
+                await asyncio.sleep(0.01)
+                if fail:
+                    raise ApiError(400, "bad file")
+        except ApiError:
+            return
+        await admission.release_if_idle()  # the background task after the answer
+
+    async def scenario() -> tuple[int, int, int]:
+        admission = Admission(workers=1, max_queue=8, release_after=0.2)
+        for _ in range(10):  # one after the other, 0.05 s apart: never idle for 0.2 s
+            await request(admission)
+            await asyncio.sleep(0.05)
+        during = admission.releases
+        await asyncio.sleep(0.4)
+        after_pause = admission.releases
+        await request(admission, fail=True)
+        await asyncio.sleep(0.4)
+        return during, after_pause, admission.releases
+
+    during, after_pause, after_failure = asyncio.run(scenario())
+    assert (during, after_pause, after_failure) == (0, 1, 2)
+    assert len(released) == 2
+
+
 def test_the_queue_bound_is_reported():
     client = local_client(create_app(shared_model(), max_queue=3))
     assert client.get("/api/model").json()["limits"]["max_queue"] == 3

@@ -19,6 +19,7 @@ import errno
 import functools
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -246,6 +247,20 @@ def preprocess(
         canvas.paste(resized, (off_x, off_y))
     tensor = torch.from_numpy(np.asarray(canvas, dtype=np.uint8).copy()).permute(2, 0, 1)
     return normalize(tensor, mean, std), geometry
+
+
+def stack_images(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Preprocessed ``(3, h, w)`` images → one ``(N, 3, h, w)`` batch stored channels_last
+    (height × width × channel, as :func:`preprocess` stores each image and as camloc keeps
+    PyTorch models), in one copy; a plain ``torch.stack`` would give channels-first storage and
+    make the network convert every layer's input.
+
+    >>> image = torch.rand(224, 224, 3).permute(2, 0, 1)
+    >>> batch = stack_images([image, image])
+    >>> batch.shape, batch.is_contiguous(memory_format=torch.channels_last)
+    (torch.Size([2, 3, 224, 224]), True)
+    """
+    return torch.stack([tensor.permute(1, 2, 0) for tensor in tensors]).permute(0, 3, 1, 2)
 
 
 def normalize(uint8_chw: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

@@ -30,7 +30,15 @@ from PIL import Image
 from .boxes import Box, Threshold, boxes_from_bands, boxes_from_maps, parse_threshold
 from .config import DEFAULT_BOX_THRESHOLD, DEFAULT_NORMALIZATION, NORMALIZATIONS, ExplainConfig
 from .errors import CamlocError, ClassError
-from .images import Geometry, coverage_mask, load_image, maps_to_original, preprocess, resized_geometry
+from .images import (
+    Geometry,
+    coverage_mask,
+    load_image,
+    maps_to_original,
+    preprocess,
+    resized_geometry,
+    stack_images,
+)
 from .maps import OriginalBands, normalized_to_original_batch
 from .methods import ClassSelection, Method, MethodOutput, Selection, explain_batch, get_method
 from .methods.views import CANDIDATES
@@ -301,7 +309,7 @@ class Pipeline:
                         sources: Sequence[str | None] | None = None,
                         selection: Selection | None = None) -> list[Explanation]:
         """Preprocessed images → explanations (forward, then finish)."""
-        output = self.forward(torch.stack(list(tensors)), selection)
+        output = self.forward(stack_images(tensors), selection)
         return self.finish(output, geometries, sources)
 
     def explain(self, images: Sequence[ImageInput] | ImageInput, batch_size: int = 32) -> list[Explanation]:

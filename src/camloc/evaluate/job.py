@@ -25,7 +25,7 @@ from ..boxes import box_iou
 from ..config import Threshold
 from ..dataset import batches
 from ..errors import CamlocError
-from ..images import DEFAULT_MAX_PIXELS, collect_images
+from ..images import DEFAULT_MAX_PIXELS, collect_images, stack_images
 from ..models import ClassifierAdapter
 from ..pipeline import ExplainConfig, Pipeline
 from .ground_truth import class_of, match_images, read_ground_truth
@@ -121,7 +121,7 @@ def evaluate(
         if not good:
             continue
         gt = torch.tensor([targets[Path(item.path)][0][:1] for item in good])
-        output = pipeline.forward(torch.stack([item.loaded().tensor for item in good]), GroundTruthSelection(gt))
+        output = pipeline.forward(stack_images([item.loaded().tensor for item in good]), GroundTruthSelection(gt))
         top5 = output.logits.topk(min(5, output.logits.shape[1]), dim=1).indices.cpu().tolist()
         explained = pipeline.finish(output, [item.loaded().geometry for item in good], [item.path for item in good])
         for item, explanation, predicted in zip(good, explained, top5, strict=True):

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .. import render
@@ -36,7 +35,7 @@ from ..config import Threshold
 from ..dataset import Item, batches
 from ..errors import CamlocError
 from ..exports import ExportOptions
-from ..images import DEFAULT_MAX_PIXELS, collect_images
+from ..images import DEFAULT_MAX_PIXELS, collect_images, stack_images
 from ..models import ClassifierAdapter
 from ..pipeline import ExplainConfig, Explanation, MethodOutput, Pipeline
 from .exporting import ExportReport, write_exports
@@ -313,7 +312,7 @@ def explain_items(items: list[Item], pipeline: Pipeline) -> dict[int, Callable[[
     good = [item for item in items if item.error is None]
     if not good:
         return {}
-    output = pipeline.forward(torch.stack([item.loaded().tensor for item in good]))
+    output = pipeline.forward(stack_images([item.loaded().tensor for item in good]))
 
     def maker(i: int, item: Item) -> Callable[[], Explanation]:
         part = MethodOutput(output.logits[i : i + 1], output.classes[i : i + 1], output.maps[i : i + 1],

@@ -74,6 +74,7 @@ MAX_DISPLAY_PIXELS = 2048 * 2048  # a returned picture or map, whatever max_side
 MAX_MAP_PIXELS = MAX_TOPK * DEFAULT_MAX_SIDE**2  # all maps of one answer together (21 MP)
 DEFAULT_WORKERS = 2  # explain requests at work at once (decode, model step, render)
 DEFAULT_MAX_QUEUE = 64  # explain requests waiting for a worker; beyond: 503 + Retry-After
+RELEASE_AFTER_S = 1.0  # idle this long, freed memory goes back to the kernel
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
 WILDCARD_BINDS = ("0.0.0.0", "::", "[::]", "")
 # The page is the app's own HTML, script and stylesheet; pictures come as data: URLs.
@@ -390,19 +391,23 @@ class Admission:
 
     ``async with admission.turn():`` waits (in the event loop, holding no thread) or raises
     :class:`ApiError` 503 with a ``Retry-After`` estimated from recent requests when the
-    queue is full. When the last request leaves (and again once its answer is sent, see
-    :meth:`release_if_idle`), freed memory goes back to the kernel
-    (:func:`camloc.allocator.release_memory`), so a large request does not leave the process
-    larger.
+    queue is full. Once the server has been idle for ``release_after`` seconds (no request at
+    work or waiting since the last answer was sent, see :meth:`release_if_idle`), freed memory
+    goes back to the kernel (:func:`camloc.allocator.release_memory`), so a large request does
+    not leave the process larger, while a steady stream of requests does not pay for giving
+    memory back and faulting it in again between one request and the next.
     """
 
     def __init__(self, workers: int = DEFAULT_WORKERS, max_queue: int = DEFAULT_MAX_QUEUE,
-                 at_work: int | None = None):
+                 at_work: int | None = None, release_after: float = RELEASE_AFTER_S):
         at_work = workers if at_work is None else at_work
         if workers < 1 or max_queue < 0 or at_work < workers:
             raise ValueError(f"workers must be >= 1, max_queue >= 0 and at_work >= workers, got "
                              f"{workers}, {max_queue} and {at_work}")
         self.workers, self.max_queue, self.at_work = workers, max_queue, at_work
+        self.release_after = release_after
+        self.releases = 0  # times memory was given back (GET /api/stats)
+        self._release: asyncio.TimerHandle | None = None
         self.waiting = self.active = 0
         self.seconds = 1.0  # running mean of a request's time at work
         self._semaphores: tuple[asyncio.Semaphore, asyncio.Semaphore] | None = None
@@ -436,6 +441,9 @@ class Admission:
             raise ApiError(503, f"server busy: {self.waiting} requests already waiting for the model; "
                                 f"retry in {self.retry_after()} s",
                            headers={"Retry-After": str(self.retry_after())})
+        if self._release is not None:  # not idle any more: keep the memory for this request
+            self._release.cancel()
+            self._release = None
         self.waiting += 1
         try:
             await slots.acquire()
@@ -449,18 +457,31 @@ class Admission:
             self.active -= 1
             slots.release()
             self.seconds = 0.8 * self.seconds + 0.2 * (time.monotonic() - started)
-            if self.idle:
-                await run_in_threadpool(release_memory)
+            self._schedule_release()  # a request that failed sends no answer, see release_if_idle
 
     @property
     def idle(self) -> bool:
         return self.active == 0 and self.waiting == 0
 
-    def release_if_idle(self) -> None:
+    async def release_if_idle(self) -> None:
         """After an answer is sent (its JSON, megabytes of base64, is built after the turn):
-        freed memory back to the kernel when no other request is at work or waiting."""
+        when no other request is at work or waiting, give freed memory back to the kernel
+        ``release_after`` seconds from now, unless a request comes first."""
+        self._schedule_release()
+
+    def _schedule_release(self) -> None:
+        if not self.idle:
+            return
+        if self._release is not None:
+            self._release.cancel()
+        loop = asyncio.get_running_loop()
+        self._release = loop.call_later(self.release_after, self._release_now, loop)
+
+    def _release_now(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._release = None
         if self.idle:
-            release_memory()
+            self.releases += 1
+            loop.run_in_executor(None, release_memory)
 
 
 class UploadLimit:
@@ -614,9 +635,11 @@ def create_app(
     @app.get("/api/stats")
     async def stats() -> dict[str, Any]:
         """Load counters: explain requests at work and waiting for a turn, forward passes of
-        the model and the images they held (``mean_batch``, ``largest_batch``)."""
+        the model and the images they held (``mean_batch``, ``largest_batch``), times freed
+        memory went back to the kernel after a pause (``memory_releases``)."""
         return {"active": admission.active, "waiting": admission.waiting, "at_work": admission.at_work,
                 "waiting_for_model": explainer.batcher.waiting if explainer.batcher else 0,
+                "memory_releases": admission.releases,
                 **explainer.stats.to_dict()}
 
     @app.get("/api/classes")
@@ -654,11 +677,6 @@ def create_app(
                                  method=method, policy=policy, threshold=threshold,
                                  colormap=colormap, opacity=opacity, max_side=max_side,
                                  overlay=overlay)
-        if threshold is not None:
-            try:
-                parse_threshold(threshold)
-            except ValueError as error:
-                raise ApiError(422, f"threshold: {error}") from None
         if len(options.classes) > MAX_TOPK:
             raise ApiError(422, f"class: at most {MAX_TOPK} classes a request, got {len(options.classes)}")
         if threshold is not None:

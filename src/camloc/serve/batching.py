@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from starlette.concurrency import run_in_threadpool
 
+from ..images import stack_images
 from ..methods import ClassSelection, MethodOutput, Selection
 from ..models import ClassifierAdapter
 from ..pipeline import Pipeline
@@ -102,21 +103,6 @@ class RowSelection:
                 chosen = torch.cat([chosen, chosen[:, -1:].expand(-1, missing)], dim=1)
             rows.append(chosen)
         return torch.cat(rows)
-
-
-def stack_like(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``(N, 3, h, w)`` in the memory layout of the images: channels_last when they are
-    (:func:`camloc.images.preprocess` gives height × width × channel storage, and a request
-    alone feeds that to the network), so a batch runs the same kernels as a request alone.
-
-    >>> image = torch.rand(224, 224, 3).permute(2, 0, 1)
-    >>> stack_like([image, image]).is_contiguous(memory_format=torch.channels_last)
-    True
-    """
-    batch = torch.stack(list(tensors))
-    if tensors[0][None].is_contiguous(memory_format=torch.channels_last):
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    return batch
 
 
 def split_output(output: MethodOutput, counts: Sequence[int]) -> list[MethodOutput]:
@@ -340,7 +326,7 @@ class MicroBatcher:
         """In a worker thread: the batch, each request's own classes when they differ."""
         selections = [job.pipeline.selection for job in jobs]
         same = all(selection == selections[0] for selection in selections)
-        batch = stack_like([job.tensor for job in jobs])
+        batch = stack_images([job.tensor for job in jobs])
         output = self.forward(jobs[0].pipeline, batch, None if same else RowSelection(selections))
         self.stats.record(len(jobs))
         return split_output(output, [selection.count for selection in selections])
@@ -357,4 +343,4 @@ def _settle(job: Job, output: MethodOutput | None = None, error: BaseException |
 
 
 __all__ = ["DEFAULT_BATCH_WAIT_MS", "DEFAULT_MAX_BATCH", "Announcement", "BatchStats", "BatcherClosed", "Job",
-           "MicroBatcher", "RowSelection", "forward_key", "split_output", "stack_like"]
+           "MicroBatcher", "RowSelection", "forward_key", "split_output"]
