@@ -10,9 +10,13 @@ an error too (it would mean concurrent requests got mixed up).
     python benchmarks/load_serve.py --url http://127.0.0.1:8000   # an already running server
     python benchmarks/load_serve.py --mixed --requests 96 --concurrency 8,32   # adversarial mix
     python benchmarks/load_serve.py --compare --requests 96 --concurrency 1,8,32  # batching on/off
+    python benchmarks/load_serve.py --compare --baseline-args "--runtime torch --max-batch 1" \
+        --batch-args "" --concurrency 1,8,32   # the default server against eager PyTorch alone
 
-``--compare``: two servers side by side, ``--max-batch 1`` (each request's forward pass
-alone) and the default micro-batching (``--batch-args``, default ``--max-batch 8``), loaded
+``--compare``: two servers side by side, a baseline (``--baseline-args``, default
+``--max-batch 1``: each request's forward pass alone; ``--runtime torch --max-batch 1`` is the
+server with neither a faster runtime nor batching) and the default micro-batching
+(``--batch-args``, default ``--max-batch 8``), both with ``--server-args``, loaded
 in turn (round-robin, ``--rounds`` times, the order alternating) at each concurrency with
 the same photos; prints images/s, p50/p95 latency and the server's CPU time per image (less
 sensitive than wall time to other work on the machine) of each, their ratios, and the mean
@@ -412,7 +416,6 @@ def cpu_seconds(pid: int) -> float:
 
 
 def compare_table(contenders: list[Contender], levels: list[int]) -> list[str]:
-    today, batched = contenders
     lines = ["| concurrency | server | images/s | p50 ms | p95 ms | server CPU ms / image | mean batch | errors |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for concurrency in levels:
@@ -422,20 +425,21 @@ def compare_table(contenders: list[Contender], levels: list[int]) -> list[str]:
                          f"{contender.latency(concurrency, 95) * 1000:.0f} | "
                          f"{contender.cpu_per_image(concurrency) * 1000:.0f} | "
                          f"{contender.mean_batch(concurrency):.2f} | {len(contender.errors(concurrency))} |")
-        lines.append(f"| {concurrency} | ratio batched / alone | "
-                     f"**{batched.throughput(concurrency) / today.throughput(concurrency):.2f}×** | "
-                     f"{batched.latency(concurrency, 50) / today.latency(concurrency, 50):.2f}× | "
-                     f"{batched.latency(concurrency, 95) / today.latency(concurrency, 95):.2f}× | "
-                     f"{batched.cpu_per_image(concurrency) / today.cpu_per_image(concurrency):.2f}× | | |")
+        first, second = contenders
+        lines.append(f"| {concurrency} | ratio second / first | "
+                     f"**{second.throughput(concurrency) / first.throughput(concurrency):.2f}×** | "
+                     f"{second.latency(concurrency, 50) / first.latency(concurrency, 50):.2f}× | "
+                     f"{second.latency(concurrency, 95) / first.latency(concurrency, 95):.2f}× | "
+                     f"{second.cpu_per_image(concurrency) / first.cpu_per_image(concurrency):.2f}× | | |")
     return lines
 
 
 def main_compare(args: argparse.Namespace, images: list[Path]) -> int:
     levels = [int(c) for c in str(args.concurrency).split(",")]
     common = args.server_args.split()
-    setups = [("--max-batch 1", [*common, "--max-batch", "1"]),
-              (args.batch_args, [*common, *args.batch_args.split()])]
-    print(f"camloc serve, batching off and on: {len(images)} photos, {os.cpu_count()} CPUs, "
+    setups = [(args.baseline_args or "(defaults)", [*common, *args.baseline_args.split()]),
+              (args.batch_args or "(defaults)", [*common, *args.batch_args.split()])]
+    print(f"camloc serve, {setups[0][0]} against {setups[1][0]}: {len(images)} photos, {os.cpu_count()} CPUs, "
           f"{args.requests} requests per load, {args.rounds} round(s), concurrency {levels}; "
           f"server arguments {' '.join(common) or '(defaults)'}", flush=True)
     with camloc_server_process(setups[0][1]) as first, camloc_server_process(setups[1][1]) as second:
@@ -476,8 +480,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, default=EXAMPLES, help="folder of .jpg photos")
     parser.add_argument("--server-args", default="", help="extra `camloc serve` arguments")
     parser.add_argument("--mixed", action="store_true", help="the adversarial mix (starts its own server)")
-    parser.add_argument("--compare", action="store_true", help="--max-batch 1 against --batch-args, "
+    parser.add_argument("--compare", action="store_true", help="--baseline-args against --batch-args, "
                         "round-robin (starts both servers)")
+    parser.add_argument("--baseline-args", default="--max-batch 1", help="with --compare: the first "
+                        "server's arguments (added to --server-args)")
     parser.add_argument("--batch-args", default="--max-batch 8", help="with --compare: the batched server's "
                         "arguments (added to --server-args)")
     parser.add_argument("--rounds", type=int, default=3, help="with --compare: loads per server and concurrency")

@@ -120,9 +120,10 @@ RuntimeOption = Annotated[Runtime, typer.Option(
     "gradient methods and --amp always run in eager PyTorch")]
 MethodOption = Annotated[str, typer.Option(
     "--method", rich_help_panel=METHOD, help="auto (CAM when exact, else gradcam), cam, gradcam, gradcam++, "
-    "layercam, scorecam")]
+    "layercam, scorecam, walkcam (CAM walked over feature affinities; --layer: its guide layer)")]
 LayerOption = Annotated[str | None, typer.Option(
-    "--layer", rich_help_panel=METHOD, help="target layer of the gradient methods (default: last spatial layer)")]
+    "--layer", rich_help_panel=METHOD, help="target layer of the gradient methods (default: last spatial layer), "
+    "guide layer of walkcam (default: the stage before the last)")]
 PolicyOption = Annotated[Policy, typer.Option(
     "--policy", rich_help_panel=METHOD, help="how images are resized for the network")]
 InputSizeOption = Annotated[int | None, typer.Option(

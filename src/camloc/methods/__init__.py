@@ -1,4 +1,5 @@
-"""Map methods: plain CAM, the gradient family, Score-CAM, and test-time views.
+"""Map methods: plain CAM, the gradient family, Score-CAM, CAM walked over feature affinities,
+and test-time views.
 
 >>> from camloc.methods import list_methods
 >>> "cam" in list_methods() and "gradcam" in list_methods()
@@ -20,6 +21,7 @@ from .gradient import (
 from .registry import METHODS, get_method, list_methods, register_method
 from .scorecam import ScoreCAM
 from .views import explain_batch
+from .walk import WalkCAM, feature_walk, guide_layer
 
 CAMMethod = CAM  # the plain CAM method under its earlier name
 GRADIENT_METHODS = {m.name: m for m in (GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM)}
@@ -29,5 +31,5 @@ __all__ = [
     "GradientMethod", "LayerCAM",
     "LayerMethod", "Method", "MethodOutput", "ScoreCAM", "Selection", "SpatialLayer", "class_maps",
     "explain_batch", "find_spatial_layer", "get_method", "list_methods", "register_method",
-    "spatial_layer",
+    "spatial_layer", "WalkCAM", "feature_walk", "guide_layer",
 ]

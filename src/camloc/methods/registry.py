@@ -5,7 +5,7 @@ A new method is a subclass of :class:`camloc.methods.base.Method` with a ``name`
 ``camloc serve``).
 
 >>> list_methods()
-['cam', 'gradcam', 'gradcam++', 'layercam', 'scorecam']
+['cam', 'gradcam', 'gradcam++', 'layercam', 'scorecam', 'walkcam']
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from .base import Method
 from .cam import CAM
 from .gradient import GradCAM, GradCAMPlusPlus, LayerCAM
 from .scorecam import ScoreCAM
+from .walk import WalkCAM
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -44,5 +45,5 @@ def get_method(name: str, model: ClassifierAdapter, layer: str | None = None) ->
     return METHODS[name](model, layer=layer)
 
 
-for _builtin in (CAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM):
+for _builtin in (CAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, WalkCAM):
     register_method(_builtin)

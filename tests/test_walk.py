@@ -1,0 +1,104 @@
+"""walkcam: plain CAM walked over the affinities of a mid-level layer's features."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+from conftest import CAMLOC, EXAMPLES, ROOT
+
+import camloc
+from camloc.methods import ClassSelection, feature_walk, get_method, guide_layer
+from camloc.methods.cam import class_maps
+
+PHOTO = str(EXAMPLES / "coffee.jpg")
+
+
+def two_regions(height: int = 8, width: int = 8, split: int = 5) -> torch.Tensor:
+    """(1, 2, h, w) features: one direction left of column ``split``, an orthogonal one right."""
+    guide = torch.zeros(1, 2, height, width)
+    guide[0, 0, :, :split] = 1.0
+    guide[0, 1, :, split:] = 1.0
+    return guide
+
+
+def test_the_walk_spreads_a_peak_over_its_region_and_nowhere_else():
+    cam = torch.zeros(1, 1, 8, 8)
+    cam[0, 0, 3, 1] = 10.0  # the most discriminative cell of the object (left region)
+    walked = feature_walk(cam, two_regions(), steps=8)[0, 0]
+    left, right = walked[:, :5], walked[:, 5:]
+    assert torch.allclose(left, torch.full_like(left, 10.0 / 40))  # the region's mean, everywhere in it
+    assert torch.all(right == 0)
+    # thresholded at a quarter of its max, the plain CAM boxes one cell, the walked map the region
+    assert int((cam[0, 0] >= 0.25 * cam.max()).sum()) == 1
+    assert int((walked >= 0.25 * walked.max()).sum()) == 40
+
+
+def test_the_walk_keeps_a_constant_map_and_each_class_separate():
+    guide = torch.randn(2, 16, 7, 7)
+    maps = torch.stack([torch.full((7, 7), 3.0), torch.rand(7, 7)])[None].expand(2, -1, -1, -1)
+    walked = feature_walk(maps, guide)
+    assert walked.shape == (2, 2, 7, 7)
+    assert torch.allclose(walked[:, 0], torch.full((2, 7, 7), 3.0))  # rows of T sum to one
+    one_class = feature_walk(maps[:, 1:], guide)
+    assert torch.allclose(one_class[:, 0], walked[:, 1], atol=1e-6)
+
+
+def test_maps_on_a_coarser_grid_are_resampled_to_the_guide():
+    assert feature_walk(torch.rand(1, 3, 7, 7), torch.rand(1, 4, 14, 14)).shape == (1, 3, 14, 14)
+
+
+def test_the_guide_is_the_stage_before_the_last_dilated_or_not():
+    assert guide_layer(camloc.load_model()) == "blocks.4"
+    assert guide_layer(camloc.load_model(dilate=False)) == "blocks.4"
+    assert guide_layer(camloc.load_model("resnet18", weights="random")) == "layer3"
+
+
+def test_walkcam_is_the_cam_walked_over_the_guide_layer_features():
+    model = camloc.load_model(runtime="torch")
+    batch = torch.randn(2, 3, 224, 224)
+    captured = {}
+    handle = model.module("blocks.4").register_forward_hook(lambda _m, _i, out: captured.update(guide=out))
+    try:
+        with torch.no_grad():
+            logits, features = model.forward_with_features(batch)
+    finally:
+        handle.remove()
+    classes = logits.topk(2, dim=1).indices
+    expected = feature_walk(class_maps(model, features, classes), captured["guide"])
+    output = get_method("walkcam", model)(batch, ClassSelection(topk=2))
+    assert torch.equal(output.classes, classes) and output.method == "walkcam"
+    assert torch.allclose(output.maps, expected, atol=1e-5)
+    assert not model.module("blocks.4")._forward_hooks  # the hook is gone
+
+
+def test_walkcam_runs_from_a_runtime_model_in_eager_pytorch():
+    """The default model may be served by another runtime; walkcam hooks its eager network."""
+    model = camloc.load_model()
+    [result] = camloc.explain(model, PHOTO, method="walkcam")
+    [reference] = camloc.explain(camloc.load_model(runtime="torch"), PHOTO, method="walkcam")
+    assert result.method == "walkcam" and result.boxes[0]
+    assert result.targets[0].index == reference.targets[0].index
+    assert torch.allclose(result.normalized, reference.normalized, atol=1e-4)
+
+
+def test_the_command_runs_walkcam_and_refuses_an_unknown_guide_layer(tmp_path):
+    done = subprocess.run([*CAMLOC, "run", PHOTO, "--method", "walkcam", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    [record] = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert record["method"] == "walkcam" and record["cams"][0]["boxes"]
+    bad = subprocess.run([*CAMLOC, "run", PHOTO, "--method", "walkcam", "--layer", "blocks.99",
+                          "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "blocks.99" in bad.stderr
+
+
+@pytest.mark.parametrize("layer", ["blocks.2", "blocks.4"])
+def test_another_guide_layer_can_be_given(layer):
+    method = get_method("walkcam", camloc.load_model(runtime="torch"), layer=layer)
+    assert method.layer == layer
+    maps = method(torch.randn(1, 3, 224, 224), ClassSelection()).maps
+    assert maps.shape[-2:] == ((28, 28) if layer == "blocks.2" else (14, 14))
