@@ -44,6 +44,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_localization import (  # noqa: E402
     DEFAULT_TAU,
+    DELTAS,
     IOU,
     Boot,
     Variant,
@@ -133,10 +134,11 @@ def jitter_cams(adapter, tensors: list[torch.Tensor], classes: list[int], shift:
 
 def transition(features: torch.Tensor, beta: float, radius: int | None) -> torch.Tensor:
     """``(K, h, w)`` → ``(hw, hw)`` row-stochastic ``D⁻¹A``, ``a_ij = max(cos, 0)^β`` within
-    Chebyshev distance ``radius`` on the grid (``None``: all pairs)."""
+    Chebyshev distance ``radius`` on the grid (``None``: all pairs), ``a_ii = 1``."""
     k, h, w = features.shape
     f = F.normalize(features.float().flatten(1), dim=0)  # (K, hw), unit columns
     a = (f.T @ f).clamp_min(0).pow(beta)
+    a.diagonal().fill_(1.0)  # a cell is its own neighbour, even where its features are all zero
     if radius is not None:
         yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
         yy, xx = yy.flatten(), xx.flatten()
@@ -203,10 +205,11 @@ class Report:
     """Per half, a family's constants chosen by MaxBoxAccV2 on the other half, τ by GT-known
     loc there; rows with bootstrap and paired intervals to the default."""
 
-    def __init__(self, default: Variant, taus: np.ndarray, halves, draws: int):
-        self.taus, self.halves, self.draws = taus, halves, draws
+    def __init__(self, default: Variant, taus: np.ndarray, halves, draws: int, grid: bool = False):
+        self.taus, self.halves, self.draws, self.grid = taus, halves, draws, grid
         self.default = default
         self.rows: list[dict] = []
+        self.families: dict[str, tuple[dict[str, Variant], float | None]] = {}
         self.base = self.figures(default, DEFAULT_TAU)
 
     def figures(self, v: Variant, tau: float | np.ndarray) -> dict:
@@ -215,7 +218,25 @@ class Report:
         hit = v.largest[np.arange(len(v.correct)), cols] >= IOU
         return {"top1": hit & v.correct, "gt": hit, "mba": v.best}
 
+    def print_grid(self, family: str, candidates: dict[str, Variant]) -> None:
+        """Every candidate on each half (for robustness only; the rows choose on the other half):
+        MaxBoxAccV2 and its δ 0.3/0.5/0.7 parts, GT-known loc at τ 0.25 and at the half's best τ."""
+        print(f"  grid of {family}: per half, MBAv2 (δ .3/.5/.7)  GT-known@0.25  best-τ GT-known")
+        t25 = tau_index(self.taus, DEFAULT_TAU)
+        for key, v in [("default", self.default), *candidates.items()]:
+            cells = []
+            for idx, _ in self.halves:
+                parts = [(v.best[idx] >= d).mean(0).max() for d in DELTAS]
+                hits = (v.largest[idx] >= IOU).mean(0)
+                k = int(np.argmax(hits))
+                cells.append(f"{np.mean(parts):.3f} ({'/'.join(f'{p:.3f}' for p in parts)})  {hits[t25]:.3f}  "
+                             f"{self.taus[k]:.2f}: {hits[k]:.3f}")
+            print(f"    {key:26s} A {cells[0]}   B {cells[1]}", flush=True)
+
     def add(self, family: str, candidates: dict[str, Variant], cost_ms: float, fixed_tau: float | None = None):
+        if self.grid and len(candidates) > 1:
+            self.print_grid(family, candidates)
+        self.families[family] = (candidates, fixed_tau)
         chosen, taus_used, per_image = [], [], {}
         tau_of_image = np.zeros(len(self.default.correct))
         best_of_image = np.zeros_like(self.default.best)
@@ -270,6 +291,50 @@ class Report:
         return "\n".join(lines)
 
 
+def resplit(report: Report, splits: int, seed: int = 11) -> str:
+    """The whole protocol again on random 2-fold splits: per split, each fold gets the
+    constants (and τ) chosen on the other fold; the pooled differences to the default (τ 0.25)
+    are summarised over the splits (mean, 5th-95th percentile, share of splits where both
+    folds gain MaxBoxAccV2)."""
+    n = len(report.default.correct)
+    rng = np.random.default_rng(seed)
+    folds = []
+    for _ in range(splits):
+        perm = rng.permutation(n)
+        a, b = np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
+        folds.append(((a, b), (b, a)))
+    t25 = tau_index(report.taus, DEFAULT_TAU)
+    base_hit = report.default.largest[:, t25] >= IOU
+    lines = [f"random 2-fold splits ({splits}): Δ to the default, pooled over both folds; mean [5th, 95th pct]",
+             f"{'family':20s} {'Δ top-1 loc':>22s} {'Δ GT-known':>22s} {'Δ MBAv2':>22s}  both folds +MBA  picks"]
+    for family, (candidates, fixed_tau) in report.families.items():
+        deltas, both, picks = [], 0, {}
+        for pair in folds:
+            hit = np.zeros(n, bool)
+            correct = np.zeros(n, bool)
+            fold_gain = []
+            d_mba = 0.0
+            for idx, other in pair:
+                key = max(candidates, key=lambda k: mba(candidates[k].best[other]))
+                picks[key] = picks.get(key, 0) + 1
+                v = candidates[key]
+                k = t25 if fixed_tau is not None else int(np.argmax((v.largest[other] >= IOU).mean(0)))
+                hit[idx] = v.largest[idx, k] >= IOU
+                correct[idx] = v.correct[idx]
+                gain = mba(v.best[idx]) - mba(report.default.best[idx])
+                fold_gain.append(gain)
+                d_mba += gain * len(idx) / n
+            both += all(g > 0 for g in fold_gain)
+            deltas.append(((hit & correct).mean() - (base_hit & report.default.correct).mean(),
+                           hit.mean() - base_hit.mean(), d_mba))
+        d = 100 * np.array(deltas)
+        top = ", ".join(f"{k} {c / (2 * splits):.0%}" for k, c in sorted(picks.items(), key=lambda x: -x[1])[:2])
+        lines.append(f"{family:20s} " + " ".join(
+            f"{d[:, j].mean():+6.1f} [{np.percentile(d[:, j], 5):+5.1f},{np.percentile(d[:, j], 95):+5.1f}]"
+            for j in range(3)) + f"  {both / splits:6.0%}  {top}")
+    return "\n".join(lines)
+
+
 def markdown(report: Report, forward_ms: float) -> str:
     out = [f"forward (Lite0 dilated + CAM, batch 16, 1 thread): {forward_ms:.1f} ms/image", ""]
     for h, title in enumerate(("half A (even; constants chosen on B)", "half B (odd; constants chosen on A)",
@@ -301,6 +366,8 @@ def main() -> None:
     parser.add_argument("--families", default="contrast,guided,rw", help="comma list: contrast, guided, rw")
     parser.add_argument("--rw-layers", default="head,b6,b4,b2")
     parser.add_argument("--jitter", action="store_true")
+    parser.add_argument("--splits", type=int, default=0, help="also rerun the protocol on N random 2-fold splits")
+    parser.add_argument("--grid", action="store_true", help="also print every candidate's figures on each half")
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables there")
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
@@ -331,7 +398,7 @@ def main() -> None:
         return value, 1000 * (time.perf_counter() - started) / n
 
     default = variant("default", [minmax(m) for m in upsample(cam, geometries)])
-    report = Report(default, taus, halves, args.bootstrap)
+    report = Report(default, taus, halves, args.bootstrap, args.grid)
     report.add("default", {"-": default}, 0.0, fixed_tau=DEFAULT_TAU)
     report.add("default, τ re-chosen", {"-": default}, 0.0)
     families = args.families.split(",")
@@ -372,7 +439,7 @@ def main() -> None:
             feats = record[layer]
             candidates, cost = {}, 0.0
             radii = (2, None) if layer != "b2" else (4, None)  # 5×5 cells (4 on the 28 grid), or all
-            for beta in (4, 16):
+            for beta in (1, 4, 16):  # median neighbour cosine: head 0.88, b6 0.94, b4 0.53, b2 0.48
                 for radius in radii:
                     steps = (2, 8)
                     results, ms = timed(lambda beta=beta, radius=radius, steps=steps, feats=feats: [
@@ -387,7 +454,7 @@ def main() -> None:
             everything.update(candidates)
             dearest = max(dearest, cost)
         if len(args.rw_layers.split(",")) > 1:
-            report.add("random walk, any", everything, dearest)
+            report.add("random walk, any", everything, dearest)  # cost: the dearest layer's
 
     if args.jitter:
         jitter = cached(args.cache, f"refine-jitter-{n}",
@@ -397,8 +464,13 @@ def main() -> None:
         report.add("jitter 8 px ×4", {"-": variant("jitter", [minmax(m) for m in maps])},
                    1000 * jitter["seconds"] / n - forward_ms)
 
+    text = markdown(report, forward_ms)
+    if args.splits:
+        summary = resplit(report, args.splits)
+        print("\n" + summary)
+        text += "\n```\n" + summary + "\n```\n"
     if args.markdown:
-        args.markdown.write_text(markdown(report, forward_ms))
+        args.markdown.write_text(text)
 
 
 if __name__ == "__main__":
