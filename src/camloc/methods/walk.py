@@ -115,8 +115,9 @@ class WalkCAM(Method):
 
     def __init__(self, model: ClassifierAdapter, layer: str | None = None):
         model.require_cam()
-        super().__init__(model, layer or guide_layer(model))
-        model.module(self.layer)  # an unknown layer fails here, listing close names
+        self.guide: str = layer or guide_layer(model)
+        super().__init__(model, self.guide)
+        model.module(self.guide)  # an unknown layer fails here, listing close names
 
     def compute(self, batch: torch.Tensor, selection: Selection) -> MethodOutput:
         captured: list[torch.Tensor] = []
@@ -126,7 +127,7 @@ class WalkCAM(Method):
                 raise ModelError(f"walkcam's layer {self.layer!r} must give (N, K, h, w) features")
             captured[:] = [output]
 
-        with self.hooked(self.layer, keep):  # the eager network, whatever runtime serves plain CAM
+        with self.hooked(self.guide, keep):  # the eager network, whatever runtime serves plain CAM
             logits, features = ClassifierAdapter.forward_with_features(self.model, batch)
         if not captured:
             raise ModelError(f"layer {self.layer!r} is not used in {self.model.name}'s forward pass")
