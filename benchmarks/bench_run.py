@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 import camloc
 from camloc.dataset import ImageDataset
+from camloc.images import stack_images
 from camloc.jobs.local import RunOptions, run
 from camloc.models import inference_mode, resolve_device
 
@@ -60,7 +61,7 @@ def forward_only(model, paths, batch, workers, amp=False) -> float:
     start = time.perf_counter()
     with inference_mode(model.model), torch.autocast(model.device.type, torch.bfloat16, enabled=amp):
         for items in loader:
-            x = torch.stack([item.tensor for item in items]).to(model.device)
+            x = stack_images([item.tensor for item in items]).to(model.device)
             model.model(x).cpu()
     return len(paths) / (time.perf_counter() - start)
 
