@@ -102,3 +102,13 @@ def test_another_guide_layer_can_be_given(layer):
     assert method.layer == layer
     maps = method(torch.randn(1, 3, 224, 224), ClassSelection()).maps
     assert maps.shape[-2:] == ((28, 28) if layer == "blocks.2" else (14, 14))
+
+
+def test_walkcam_boxes_by_otsu_unless_another_rule_is_given():
+    model = camloc.load_model(runtime="torch")
+    [default] = camloc.explain(model, PHOTO, method="walkcam")
+    [otsu] = camloc.explain(model, PHOTO, method="walkcam", threshold="otsu")
+    assert default.boxes == otsu.boxes
+    assert camloc.ExplainConfig(method="walkcam").box_threshold(model) == "otsu"
+    assert camloc.ExplainConfig(method="walkcam", threshold=0.25).box_threshold(model) == 0.25
+    assert camloc.ExplainConfig(method="cam").box_threshold(model) == 0.25

@@ -48,6 +48,9 @@ def parse_threshold(value: Threshold) -> Threshold:
 # mirrors (flip) are options: they cost 5-10x the network work. docs/localization.md has
 # the measurements.
 DEFAULT_BOX_THRESHOLD = 0.25
+# A method whose maps want another rule: walkcam's maps spread over the whole object, and
+# Otsu's split of each map boxes it on photos and on small objects alike.
+METHOD_BOX_THRESHOLDS: dict[str, Threshold] = {"walkcam": "otsu"}
 DEFAULT_NORMALIZATION = "minmax"
 DEFAULT_FLIP = False
 DEFAULT_SCALES = (1.0,)
@@ -147,11 +150,18 @@ class ExplainConfig:
 
     def box_threshold(self, model: Any) -> Threshold:
         """The box rule in force for ``model``: the config's, else the model's recommended
-        one (``model.box_threshold``), else :data:`DEFAULT_BOX_THRESHOLD`."""
+        one (``model.box_threshold``), else the method's (:data:`METHOD_BOX_THRESHOLDS`),
+        else :data:`DEFAULT_BOX_THRESHOLD`.
+
+        >>> ExplainConfig().box_threshold(None), ExplainConfig(method="walkcam").box_threshold(None)
+        (0.25, 'otsu')
+        """
         if self.threshold is not None:
             return self.threshold
         recommended = getattr(model, "box_threshold", None)
-        return recommended if recommended is not None else DEFAULT_BOX_THRESHOLD
+        if recommended is not None:
+            return recommended
+        return METHOD_BOX_THRESHOLDS.get(self.method, DEFAULT_BOX_THRESHOLD)
 
     def network_size(self, model: Any) -> tuple[int, int]:
         """The ``(height, width)`` fed to the network: ``input_size`` squared, else the model's."""
