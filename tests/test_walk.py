@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 from conftest import CAMLOC, EXAMPLES, ROOT
@@ -74,14 +75,22 @@ def test_walkcam_is_the_cam_walked_over_the_guide_layer_features():
     assert not model.module("blocks.4")._forward_hooks  # the hook is gone
 
 
-def test_walkcam_runs_from_a_runtime_model_in_eager_pytorch():
-    """The default model may be served by another runtime; walkcam hooks its eager network."""
-    model = camloc.load_model()
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_walkcam_runs_in_the_models_runtime(runtime):
+    """The runtime's graph gets the guide layer as a third output (exported once, kept when
+    it agrees with eager PyTorch); other input sizes run the eager network."""
+    model = camloc.load_model(runtime=runtime)
+    reference_model = camloc.load_model(runtime="torch")
     [result] = camloc.explain(model, PHOTO, method="walkcam")
-    [reference] = camloc.explain(camloc.load_model(runtime="torch"), PHOTO, method="walkcam")
-    assert result.method == "walkcam" and result.boxes[0]
-    assert result.targets[0].index == reference.targets[0].index
-    assert torch.allclose(result.normalized, reference.normalized, atol=1e-4)
+    assert model.runtime == runtime and model.guided["blocks.4"] is not None
+    assert model.guided["blocks.4"].outputs == ("logits", "features", "guide")
+    [reference] = camloc.explain(reference_model, PHOTO, method="walkcam")
+    assert result.method == "walkcam" and result.targets[0].index == reference.targets[0].index
+    assert torch.allclose(result.normalized, reference.normalized, atol=1e-3)
+    assert np.abs(np.array(result.boxes[0]) - np.array(reference.boxes[0])).max() <= 1
+    [larger] = camloc.explain(model, PHOTO, method="walkcam", input_size=256)
+    [larger_reference] = camloc.explain(reference_model, PHOTO, method="walkcam", input_size=256)
+    assert torch.allclose(larger.normalized, larger_reference.normalized, atol=1e-4)
 
 
 def test_the_command_runs_walkcam_and_refuses_an_unknown_guide_layer(tmp_path):
@@ -112,3 +121,15 @@ def test_walkcam_boxes_by_otsu_unless_another_rule_is_given():
     assert camloc.ExplainConfig(method="walkcam").box_threshold(model) == "otsu"
     assert camloc.ExplainConfig(method="walkcam", threshold=0.25).box_threshold(model) == 0.25
     assert camloc.ExplainConfig(method="cam").box_threshold(model) == 0.25
+
+
+def test_a_guided_graph_that_disagrees_is_dropped_and_the_eager_network_runs(monkeypatch, tmp_path):
+    from camloc.models import runtime as runtimes
+
+    model = camloc.load_model(runtime="openvino")
+    monkeypatch.setattr(runtimes, "agreement", lambda *_args: "its logits differ")
+    monkeypatch.setattr(model.runner, "onnx_path", str(tmp_path / "model.onnx"))  # a fresh folder
+    [result] = camloc.explain(model, PHOTO, method="walkcam")
+    assert model.guided["blocks.4"] is None and not list(tmp_path.glob("guide-*.onnx"))
+    [reference] = camloc.explain(camloc.load_model(runtime="torch"), PHOTO, method="walkcam")
+    assert torch.allclose(result.normalized, reference.normalized, atol=1e-5)

@@ -194,7 +194,7 @@ def load(model: str | None, weights: Path | None, device: str, preprocess: str |
     eager_only = None  # what needs the eager PyTorch network
     if method not in GRADIENT_FREE_METHODS:
         eager_only = f"--method {method} hooks PyTorch modules and needs autograd"
-    elif layer is not None:
+    elif layer is not None and method != "walkcam":
         eager_only = "--layer picks a gradient method's layer, and gradient methods need autograd"
     elif amp:
         eager_only = "--amp is bfloat16 autocast of the PyTorch network"

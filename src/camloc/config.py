@@ -60,7 +60,7 @@ DEFAULT_METHOD = "auto"
 # whose answers agree with eager PyTorch on this machine, once per model (cached on disk).
 RUNTIMES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
 DEFAULT_RUNTIME = "auto"
-GRADIENT_FREE_METHODS: tuple[str, ...] = ("auto", "cam")  # the methods a runtime can serve
+GRADIENT_FREE_METHODS: tuple[str, ...] = ("auto", "cam", "walkcam")  # the methods a runtime can serve
 MAX_SCALE = 4.0
 
 

@@ -7,7 +7,8 @@ network's last stage, ``blocks.4`` of EfficientNet-Lite, ``layer3`` of a ResNet)
 affinity of every two cells ``a_ij = max(cos(g_i, g_j), 0)^β`` (``a_ii = 1``), rows are
 normalised into a transition matrix ``T = D⁻¹A``, and the map becomes ``Tᵗ · CAM``. No
 training, no parameter of the network changes; the walk is linear in the CAM, so it costs
-about a millisecond an image on top of the forward pass. β = 4 and t = 8 were chosen on one
+about a millisecond an image on top of the forward pass, and it runs in the model's runtime
+(OpenVINO or onnxruntime, see :mod:`camloc.models.runtime`) like plain CAM. β = 4 and t = 8 were chosen on one
 half of camloc's development photos and confirmed on the other (docs/localization.md).
 
 The walked map is no longer an exact decomposition of the logit (``mean_xy(map) + b`` is
@@ -109,30 +110,23 @@ def _pair(value: Any) -> tuple[int, ...]:
 
 class WalkCAM(Method):
     """Plain CAM walked over the affinities of a mid-level layer's features (``layer``:
-    that layer; default :func:`guide_layer`). Runs in eager PyTorch (it hooks the layer)."""
+    that layer; default :func:`guide_layer`). Runs in the model's runtime, like plain CAM
+    (:meth:`~camloc.models.ClassifierAdapter.forward_with_guide`)."""
 
     name = "walkcam"
+    hooks_modules = False  # the runtime's graph has the guide layer as an output
 
     def __init__(self, model: ClassifierAdapter, layer: str | None = None):
         model.require_cam()
+        model.module(layer or "")  # a network outside PyTorch (ONNX, Keras) has no layers: its own error
         self.guide: str = layer or guide_layer(model)
         super().__init__(model, self.guide)
         model.module(self.guide)  # an unknown layer fails here, listing close names
 
     def compute(self, batch: torch.Tensor, selection: Selection) -> MethodOutput:
-        captured: list[torch.Tensor] = []
-
-        def keep(_module: nn.Module, _inputs: tuple[Any, ...], output: object) -> None:
-            if not isinstance(output, torch.Tensor) or output.dim() != 4:
-                raise ModelError(f"walkcam's layer {self.layer!r} must give (N, K, h, w) features")
-            captured[:] = [output]
-
-        with self.hooked(self.guide, keep):  # the eager network, whatever runtime serves plain CAM
-            logits, features = ClassifierAdapter.forward_with_features(self.model, batch)
-        if not captured:
-            raise ModelError(f"layer {self.layer!r} is not used in {self.model.name}'s forward pass")
+        logits, features, guide = self.model.forward_with_guide(batch, self.guide)
         classes = selection.indices(logits, self.model)
-        maps = feature_walk(class_maps(self.model, features, classes), captured[0])
+        maps = feature_walk(class_maps(self.model, features, classes), guide)
         return MethodOutput(logits, classes, maps, self.name)
 
 

@@ -193,6 +193,25 @@ class ClassifierAdapter:
             features = func(features, *args, **kwargs)
         return logits, features
 
+    def forward_with_guide(self, batch: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward pass: ``(logits, features, output of layer)``, e.g. the features whose
+        affinities guide :class:`camloc.methods.WalkCAM`; the hook is always removed."""
+        captured: list[torch.Tensor] = []
+
+        def keep(_module: nn.Module, _inputs: tuple[Any, ...], output: object) -> None:
+            if not isinstance(output, torch.Tensor) or output.dim() != 4:
+                raise ModelError(f"layer {layer!r} must give (N, K, h, w) features")
+            captured[:] = [output]
+
+        handle = self.module(layer).register_forward_hook(keep)
+        try:
+            logits, features = ClassifierAdapter.forward_with_features(self, batch)
+        finally:
+            handle.remove()
+        if not captured:
+            raise ModelError(f"layer {layer!r} is not used in {self.name}'s forward pass")
+        return logits, features, captured[0]
+
     def head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """``(weight (C, K), scale (N, K) | None, bias (N, C))`` of the exact decomposition.
 

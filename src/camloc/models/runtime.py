@@ -83,13 +83,15 @@ def threads() -> int:
 
 
 class Runner:
-    """Runs an exported ``(logits, features)`` graph; built lazily, picklable (the session
-    is rebuilt after unpickling, e.g. in a Ray actor)."""
+    """Runs an exported graph with outputs ``outputs`` (``logits``, ``features``, and for
+    walkcam a ``guide`` layer's output); built lazily, picklable (the session is rebuilt
+    after unpickling, e.g. in a Ray actor)."""
 
     runtime = ""
 
-    def __init__(self, onnx_path: str | os.PathLike):
+    def __init__(self, onnx_path: str | os.PathLike, outputs: tuple[str, ...] = ("logits", "features")):
         self.onnx_path = str(onnx_path)
+        self.outputs = tuple(outputs)
         self._state: Any = None
 
     def __getstate__(self) -> dict:
@@ -97,7 +99,7 @@ class Runner:
             graph = Path(self.onnx_path).read_bytes()
         except OSError:
             graph = None
-        return {"onnx_path": self.onnx_path, "_state": None, "_graph": graph}
+        return {"onnx_path": self.onnx_path, "outputs": self.outputs, "_state": None, "_graph": graph}
 
     def ready(self) -> Runner:
         if self._state is None:
@@ -114,12 +116,11 @@ class Runner:
     def build(self) -> Any:
         raise NotImplementedError
 
-    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
         array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
-        logits, features = self.ready().run(array)
-        return torch.from_numpy(logits), torch.from_numpy(features)
+        return tuple(torch.from_numpy(output) for output in self.ready().run(array))
 
-    def run(self, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, array: np.ndarray) -> tuple[np.ndarray, ...]:
         raise NotImplementedError
 
 
@@ -138,9 +139,8 @@ class OnnxRuntimeRunner(Runner):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return onnxruntime.InferenceSession(self.onnx_path, options, providers=["CPUExecutionProvider"])
 
-    def run(self, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, features = self._state.run(["logits", "features"], {"input": array})
-        return logits, features
+    def run(self, array: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(self._state.run(list(self.outputs), {"input": array}))
 
 
 class OpenVinoRunner(Runner):
@@ -161,12 +161,11 @@ class OpenVinoRunner(Runner):
             "INFERENCE_NUM_THREADS": threads()})
         return compiled, compiled.create_infer_request()
 
-    def run(self, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, array: np.ndarray) -> tuple[np.ndarray, ...]:
         compiled, request = self._state
         results = request.infer({0: array})
         # the request reuses its output memory: copy before the next batch overwrites it
-        return (np.array(results[compiled.output("logits")], copy=True),
-                np.array(results[compiled.output("features")], copy=True))
+        return tuple(np.array(results[compiled.output(name)], copy=True) for name in self.outputs)
 
 
 RUNNERS: dict[str, type[Runner]] = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVinoRunner}
@@ -190,6 +189,7 @@ class RuntimeAdapter(ClassifierAdapter):
         self.runtime = runtime
         self.runner = runner
         self.runtime_size = tuple(runtime_size)
+        self.guided: dict[str, Runner | None] = {}  # walkcam's graphs, by guide layer (None: eager)
 
     @property
     def model(self) -> nn.Module:
@@ -229,39 +229,89 @@ class RuntimeAdapter(ClassifierAdapter):
         if tuple(batch.shape[-2:]) != self.runtime_size or batch.device.type != "cpu":
             with inference_mode(self.model):  # another size or device: the eager network
                 return ClassifierAdapter.forward_with_features(self, batch)
-        return self.runner(batch)
+        logits, features = self.runner(batch)
+        return logits, features
+
+    def forward_with_guide(self, batch: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As the eager adapter's, in the runtime: the network exported once more with the
+        ``layer``'s output as a third output (cached beside the model's graph, kept only when
+        it agrees with eager PyTorch); another size or device, or a graph that could not be
+        made, runs the eager network."""
+        self.require_cam()
+        runner = None
+        if tuple(batch.shape[-2:]) == self.runtime_size and batch.device.type == "cpu":
+            if layer not in self.guided:
+                self.guided[layer] = _guided_runner(self, layer)
+            runner = self.guided[layer]
+        if runner is None:
+            with inference_mode(self.model):
+                return ClassifierAdapter.forward_with_guide(self, batch, layer)
+        logits, features, guide = runner(batch)
+        return logits, features, guide
 
 
 # --------------------------------------------------------------------------- export
 
 
 class _FeaturesModule(nn.Module):
-    def __init__(self, adapter: ClassifierAdapter):
+    def __init__(self, adapter: ClassifierAdapter, guide: str | None = None):
         super().__init__()
         self.adapter = adapter
         self.network = adapter.model
+        self.guide = guide
 
-    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.adapter.forward_with_features(batch)
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.guide is not None:
+            return ClassifierAdapter.forward_with_guide(self.adapter, batch, self.guide)
+        return ClassifierAdapter.forward_with_features(self.adapter, batch)
 
 
-def export_features(adapter: ClassifierAdapter, path: Path) -> Path:
-    """Write ``adapter``'s network as ONNX with outputs ``logits`` and ``features`` (dynamic
-    batch; the network as loaded, dilation included)."""
+def export_features(adapter: ClassifierAdapter, path: Path, guide: str | None = None) -> Path:
+    """Write ``adapter``'s network as ONNX with outputs ``logits`` and ``features`` (and the
+    output of layer ``guide`` as ``guide``; dynamic batch; the network as loaded, dilation
+    included)."""
     import io
+
+    outputs = ["logits", "features"] if guide is None else ["logits", "features", "guide"]
 
     example = torch.zeros(1, 3, *adapter.input_size, device=adapter.device)
     buffer = io.BytesIO()
     with inference_mode(adapter.model), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
         # torch's stubs say a path; the TorchScript exporter (dynamo=False) writes to a file object too
-        torch.onnx.export(_FeaturesModule(adapter), (example,), buffer,  # type: ignore[arg-type]
-                          dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits", "features"],
-                          dynamic_axes={name: {0: "batch"} for name in ("input", "logits", "features")})
+        torch.onnx.export(_FeaturesModule(adapter, guide), (example,), buffer,  # type: ignore[arg-type]
+                          dynamo=False, opset_version=17, input_names=["input"], output_names=outputs,
+                          dynamic_axes={name: {0: "batch"} for name in ("input", *outputs)})
     if not write_bytes(path, buffer.getvalue()):
         raise ModelError(f"cannot write the exported model to {path}")
     return path
+
+
+def _guided_runner(adapter: RuntimeAdapter, layer: str) -> Runner | None:
+    """A runner of ``adapter``'s network with ``layer``'s output too, in its runtime: the
+    graph is exported once (beside the model's own) and kept only when its three outputs agree
+    with eager PyTorch's on the probe images; ``None`` when it cannot be made or disagrees."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in layer)
+    path = Path(adapter.runner.onnx_path).parent / f"guide-{safe}.onnx"
+    outputs = ("logits", "features", "guide")
+    runner = RUNNERS[adapter.runtime](path, outputs)
+    if path.is_file():
+        return runner
+    try:
+        eager = adapter.eager()
+        export_features(eager, path, guide=layer)
+        batch = probe_batch(eager, 2)
+        with inference_mode(eager.model):
+            reference = eager.forward_with_guide(batch, layer)
+        candidate = runner(batch)
+        span = (reference[2].amax() - reference[2].amin()).clamp_min(1e-6)
+        if (agreement(eager, reference[:2], candidate[:2]) is None
+                and float((candidate[2] - reference[2]).abs().max() / span) <= 1e-3):
+            return runner
+    except Exception:  # noqa: BLE001 - exporters and runtimes fail in many ways: eager instead
+        pass
+    path.unlink(missing_ok=True)
+    return None
 
 
 # --------------------------------------------------------------------------- choosing
@@ -304,11 +354,11 @@ def probe_batch(adapter: ClassifierAdapter, count: int = PROBE_BATCH) -> torch.T
     return (images - mean) / std
 
 
-def agreement(adapter: ClassifierAdapter, reference: tuple[torch.Tensor, torch.Tensor],
-              candidate: tuple[torch.Tensor, torch.Tensor]) -> str | None:
-    """``None`` when ``candidate``'s answers agree with ``reference``'s, else why not."""
-    ref_logits, ref_features = (t.float() for t in reference)
-    logits, features = (t.float() for t in candidate)
+def agreement(adapter: ClassifierAdapter, reference: tuple[torch.Tensor, ...],
+              candidate: tuple[torch.Tensor, ...]) -> str | None:
+    """``None`` when ``candidate``'s ``(logits, features)`` agree with ``reference``'s, else why not."""
+    ref_logits, ref_features = (t.float() for t in reference[:2])
+    logits, features = (t.float() for t in candidate[:2])
     if logits.shape != ref_logits.shape or features.shape != ref_features.shape:
         return "its outputs have other shapes"
     scale = 1 + ref_logits.abs().max().item()
