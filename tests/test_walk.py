@@ -133,3 +133,15 @@ def test_a_guided_graph_that_disagrees_is_dropped_and_the_eager_network_runs(mon
     assert model.guided["blocks.4"] is None and not list(tmp_path.glob("guide-*.onnx"))
     [reference] = camloc.explain(camloc.load_model(runtime="torch"), PHOTO, method="walkcam")
     assert torch.allclose(result.normalized, reference.normalized, atol=1e-5)
+
+
+def test_walkcam_on_a_network_outside_pytorch_is_one_clear_error(tmp_path):
+    onnx = tmp_path / "lite0.onnx"
+    exported = subprocess.run([*CAMLOC, "export", "--onnx", str(onnx)], capture_output=True, text=True,
+                              timeout=300, cwd=ROOT)
+    assert exported.returncode == 0, exported.stderr
+    done = subprocess.run([*CAMLOC, "run", PHOTO, "--model", str(onnx), "--method", "walkcam",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert "walkcam need a PyTorch model" in done.stderr

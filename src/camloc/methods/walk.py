@@ -23,13 +23,9 @@ not the logit); ``--method cam`` stays the exact one.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..errors import ModelError
 from ..models import ClassifierAdapter
 from .base import ClassSelection, Method, MethodOutput, Selection
 from .cam import class_maps
@@ -78,34 +74,14 @@ def feature_walk(maps: torch.Tensor, guide: torch.Tensor, beta: float = WALK_BET
 
 
 def guide_layer(model: ClassifierAdapter) -> str:
-    """The stage that feeds the network's last stage: the sibling before the shallowest
-    ancestor of the last stage's first convolution (its first dilated one, else its last
-    strided one) that has a sibling with convolutions before it.
+    """walkcam's default guide layer for ``model``: the stage that feeds its last stage
+    (:meth:`camloc.models.ClassifierAdapter.guide_layer`, remembered by a runtime's cache).
 
     >>> import camloc
     >>> guide_layer(camloc.load_model()), guide_layer(camloc.load_model("resnet18", weights="random"))
     ('blocks.4', 'layer3')
     """
-    convs = [(name, m) for name, m in model.model.named_modules() if isinstance(m, nn.Conv2d)]
-    dilated = [name for name, m in convs if max(_pair(m.dilation)) > 1]
-    strided = [name for name, m in convs if max(_pair(m.stride)) > 1]
-    if not dilated and not strided:
-        raise ModelError(f"{model.name} has no strided or dilated convolution to find the stage "
-                         "before its last one; give the guide layer with --layer")
-    parts = (dilated[0] if dilated else strided[-1]).split(".")
-    modules = dict(model.model.named_modules())
-    for depth in range(1, len(parts)):
-        parent = modules[".".join(parts[: depth - 1])] if depth > 1 else model.model
-        names = [name for name, _ in parent.named_children()]
-        position = names.index(parts[depth - 1])
-        before = names[position - 1] if position > 0 else None
-        if before is not None and any(isinstance(m, nn.Conv2d) for m in getattr(parent, before).modules()):
-            return ".".join([*parts[: depth - 1], before])
-    raise ModelError(f"could not find the stage before {model.name}'s last one; give the guide layer with --layer")
-
-
-def _pair(value: Any) -> tuple[int, ...]:
-    return tuple(value) if isinstance(value, tuple) else (int(value),)
+    return model.guide_layer()
 
 
 class WalkCAM(Method):
@@ -118,10 +94,10 @@ class WalkCAM(Method):
 
     def __init__(self, model: ClassifierAdapter, layer: str | None = None):
         model.require_cam()
-        model.module(layer or "")  # a network outside PyTorch (ONNX, Keras) has no layers: its own error
-        self.guide: str = layer or guide_layer(model)
+        self.guide: str = layer or guide_layer(model)  # outside PyTorch (ONNX, Keras): its own error
         super().__init__(model, self.guide)
-        model.module(self.guide)  # an unknown layer fails here, listing close names
+        if layer is not None:
+            model.module(layer)  # an unknown layer fails here, listing close names
 
     def compute(self, batch: torch.Tensor, selection: Selection) -> MethodOutput:
         logits, features, guide = self.model.forward_with_guide(batch, self.guide)

@@ -193,6 +193,15 @@ class ClassifierAdapter:
             features = func(features, *args, **kwargs)
         return logits, features
 
+    def guide_layer(self) -> str:
+        """The layer whose features guide :class:`camloc.methods.WalkCAM` by default: the
+        stage that feeds the network's last stage (:func:`stage_input_layer`)."""
+        layer = stage_input_layer(self.model)
+        if layer is None:
+            raise ModelError(f"could not find the stage before {self.name}'s last one; give the guide "
+                             "layer with --layer")
+        return layer
+
     def forward_with_guide(self, batch: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One forward pass: ``(logits, features, output of layer)``, e.g. the features whose
         affinities guide :class:`camloc.methods.WalkCAM`; the hook is always removed."""
@@ -243,6 +252,36 @@ class ClassifierAdapter:
         suggestions = list(dict.fromkeys(close + [c.lower() for c in contains]))
         hint = f"; did you mean: {', '.join(suggestions)}" if suggestions else ""
         raise ClassError(f"unknown class {key!r} for {self.name}{hint}")
+
+
+def stage_input_layer(network: nn.Module) -> str | None:
+    """The stage that feeds ``network``'s last stage: the sibling before the shallowest
+    ancestor of the last stage's first convolution (its first dilated one, else its last
+    strided one) that has a sibling with convolutions just before it; ``None`` when there is none.
+
+    >>> import torchvision
+    >>> stage_input_layer(torchvision.models.resnet18())
+    'layer3'
+    """
+    convs = [(name, m) for name, m in network.named_modules() if isinstance(m, nn.Conv2d)]
+    dilated = [name for name, m in convs if max(_pair(m.dilation)) > 1]
+    strided = [name for name, m in convs if max(_pair(m.stride)) > 1]
+    if not dilated and not strided:
+        return None
+    parts = (dilated[0] if dilated else strided[-1]).split(".")
+    modules = dict(network.named_modules())
+    for depth in range(1, len(parts)):
+        parent = modules[".".join(parts[: depth - 1])] if depth > 1 else network
+        names = [name for name, _ in parent.named_children()]
+        position = names.index(parts[depth - 1])
+        before = names[position - 1] if position > 0 else None
+        if before is not None and any(isinstance(m, nn.Conv2d) for m in getattr(parent, before).modules()):
+            return ".".join([*parts[: depth - 1], before])
+    return None
+
+
+def _pair(value: Any) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, tuple) else (int(value),)
 
 
 @contextmanager

@@ -129,7 +129,11 @@ class ExternalAdapter(ClassifierAdapter):
     def module(self, name: str) -> NoReturn:
         """No torch sub-modules to hook: gradient methods need a PyTorch model."""
         raise ModelError(f"{self.name} runs outside PyTorch ({self.source}); only plain CAM "
-                         "works for it (gradient methods need a PyTorch model)")
+                         "works for it (gradient methods and walkcam need a PyTorch model)")
+
+    def guide_layer(self) -> NoReturn:
+        """No torch sub-modules: walkcam needs a PyTorch model."""
+        self.module("")
 
     def forward_with_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits (N, C), features (N, K, h, w))`` from one run of the network."""

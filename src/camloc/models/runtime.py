@@ -232,6 +232,17 @@ class RuntimeAdapter(ClassifierAdapter):
         logits, features = self.runner(batch)
         return logits, features
 
+    def guide_layer(self) -> str:
+        """As the eager adapter's, remembered beside the runtime's graph, so that a later start
+        finds it without building the PyTorch network."""
+        remembered = Path(self.runner.onnx_path).parent / "guide-layer.txt"
+        try:
+            return remembered.read_text(encoding="utf-8").strip() or ClassifierAdapter.guide_layer(self)
+        except OSError:
+            layer = ClassifierAdapter.guide_layer(self)
+            write_bytes(remembered, layer.encode("utf-8"))
+            return layer
+
     def forward_with_guide(self, batch: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As the eager adapter's, in the runtime: the network exported once more with the
         ``layer``'s output as a third output (cached beside the model's graph, kept only when
