@@ -224,9 +224,14 @@ class RuntimeAdapter(ClassifierAdapter):
         state["_network"] = self.model  # a factory does not pickle; the network does
         return state
 
+    def serves(self, batch: torch.Tensor) -> bool:
+        """Whether the runtime runs ``batch``: the exported input size, on the CPU (else the
+        eager network does)."""
+        return tuple(batch.shape[-2:]) == self.runtime_size and batch.device.type == "cpu"
+
     def forward_with_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.require_cam()
-        if tuple(batch.shape[-2:]) != self.runtime_size or batch.device.type != "cpu":
+        if not self.serves(batch):
             with inference_mode(self.model):  # another size or device: the eager network
                 return ClassifierAdapter.forward_with_features(self, batch)
         logits, features = self.runner(batch)
@@ -250,7 +255,7 @@ class RuntimeAdapter(ClassifierAdapter):
         made, runs the eager network."""
         self.require_cam()
         runner = None
-        if tuple(batch.shape[-2:]) == self.runtime_size and batch.device.type == "cpu":
+        if self.serves(batch):
             if layer not in self.guided:
                 self.guided[layer] = _guided_runner(self, layer)
             runner = self.guided[layer]
