@@ -376,41 +376,49 @@ def scene(rng: np.random.Generator, label: str, size: int = 192) -> tuple[Image.
     return image, np.array(placed, dtype=np.float64)
 
 
+def make_scenes(rng: np.random.Generator, per_class: int) -> tuple[list[Image.Image], list[np.ndarray], list[int]]:
+    """``per_class`` scenes of each shape: ``(images, boxes, labels)``."""
+    images, boxes, labels = [], [], []
+    for _ in range(per_class):
+        for c, label in enumerate(SHAPES):
+            image, b = scene(rng, label)
+            images.append(image)
+            boxes.append(b)
+            labels.append(c)
+    return images, boxes, labels
+
+
+def train_frozen_head(images: list[Image.Image], labels: list[int], seed: int = 0) -> tuple[torch.nn.Linear, float]:
+    """A linear head on the frozen default backbone's pooled features (network as trained),
+    as ``camloc train --unfreeze 0`` trains one, and its training accuracy."""
+    plain = load_model(dilate=False)
+    size = plain.input_size[0]
+    pooled = []
+    with inference_mode(plain.model):
+        for start in range(0, len(images), 32):
+            x = torch.stack([preprocess(im, size, "squash", plain.mean, plain.std)[0]
+                             for im in images[start:start + 32]])
+            pooled.append(plain.forward_with_features(x)[1].mean((2, 3)))
+    features, targets = torch.cat(pooled), torch.tensor(labels)
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(features.shape[1], len(SHAPES))
+    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-4)
+    for _ in range(300):
+        optimizer.zero_grad()
+        F.cross_entropy(head(features), targets).backward()
+        optimizer.step()
+    return head, float((head(features).argmax(1) == targets).float().mean())
+
+
 def synthetic_records(model, per_class_train: int, per_class_test: int, seed: int = 0) -> dict:
     """Train a linear head on frozen pooled features (network as trained, as ``camloc train
     --unfreeze 0``), then the test scenes' maps with the last stage dilated (as ``camloc run
     --model CKPT``)."""
     rng = np.random.default_rng(seed)
     size = model.input_size[0]
-
-    def batch_of(count):
-        images, boxes, labels = [], [], []
-        for _ in range(count):
-            for c, label in enumerate(SHAPES):
-                image, b = scene(rng, label)
-                images.append(image)
-                boxes.append(b)
-                labels.append(c)
-        return images, boxes, labels
-
-    train_images, _, train_labels = batch_of(per_class_train)
-    test_images, test_boxes, test_labels = batch_of(per_class_test)
-    plain = load_model(dilate=False)
-    pooled = []
-    with inference_mode(plain.model):
-        for start in range(0, len(train_images), 32):
-            x = torch.stack([preprocess(im, size, "squash", plain.mean, plain.std)[0]
-                             for im in train_images[start:start + 32]])
-            pooled.append(plain.forward_with_features(x)[1].mean((2, 3)))
-    pooled = torch.cat(pooled)
-    labels = torch.tensor(train_labels)
-    torch.manual_seed(seed)
-    head = torch.nn.Linear(pooled.shape[1], len(SHAPES))
-    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-4)
-    for _ in range(300):
-        optimizer.zero_grad()
-        F.cross_entropy(head(pooled), labels).backward()
-        optimizer.step()
+    train_images, _, train_labels = make_scenes(rng, per_class_train)
+    test_images, test_boxes, test_labels = make_scenes(rng, per_class_test)
+    head, train_accuracy = train_frozen_head(train_images, train_labels, seed)
     dilated = load_model()  # the same backbone, last stage dilated; its own head is replaced below
     weight, bias = head.weight.detach(), head.bias.detach()
     cams, logits, geometries = [], [], []
@@ -426,7 +434,7 @@ def synthetic_records(model, per_class_train: int, per_class_test: int, seed: in
     logits = torch.cat(logits)
     return {"cam": torch.cat(cams), "boxes": test_boxes, "geometries": geometries,
             "accuracy": float((logits.argmax(1) == torch.tensor(test_labels)).float().mean()),
-            "train_accuracy": float((head(pooled).argmax(1) == labels).float().mean())}
+            "train_accuracy": train_accuracy}
 
 
 # =========================================================================== part 1: map variants

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_localization as scenes  # noqa: E402  (the scene generator and the rule sweep)
@@ -33,17 +32,6 @@ from camloc.models import inference_mode, load_model  # noqa: E402
 RULES = ("0.25", "0.35", "0.40", "0.50", "otsu", "mean*1")
 
 
-def make(rng: np.random.Generator, per_class: int) -> tuple[list, list, list[int]]:
-    images, boxes, labels = [], [], []
-    for _ in range(per_class):
-        for c, label in enumerate(scenes.SHAPES):
-            image, b = scenes.scene(rng, label)
-            images.append(image)
-            boxes.append(b)
-            labels.append(c)
-    return images, boxes, labels
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=50, help="training scenes per class")
@@ -51,41 +39,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    train_images, _, train_labels = make(rng, args.train)
-    test_images, test_boxes, test_labels = make(rng, args.test)
-
-    plain = load_model(dilate=False, runtime="torch")  # the head is trained on the network as trained
-    size = plain.input_size[0]
-    with inference_mode(plain.model):
-        pooled = torch.cat([
-            plain.forward_with_features(torch.stack([preprocess(im, size, "squash", plain.mean, plain.std)[0]
-                                                     for im in train_images[start:start + 32]]))[1].mean((2, 3))
-            for start in range(0, len(train_images), 32)])
-    labels = torch.tensor(train_labels)
-    torch.manual_seed(args.seed)
-    head = torch.nn.Linear(pooled.shape[1], len(scenes.SHAPES))
-    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-4)
-    for _ in range(300):
-        optimizer.zero_grad()
-        F.cross_entropy(head(pooled), labels).backward()
-        optimizer.step()
+    train_images, _, train_labels = scenes.make_scenes(rng, args.train)
+    test_images, test_boxes, test_labels = scenes.make_scenes(rng, args.test)
+    head, _ = scenes.train_frozen_head(train_images, train_labels, args.seed)
 
     model = load_model(runtime="torch")  # dilated, as `camloc run --model CKPT` loads it
-    layer = guide_layer(model)
+    size, layer = model.input_size[0], guide_layer(model)
     weight = head.weight.detach()
     cams, walked, geometries = [], [], []
-    captured: dict[str, torch.Tensor] = {}
     with inference_mode(model.model):
         for start in range(0, len(test_images), 32):
             chunk = [preprocess(im, size, "squash", model.mean, model.std) for im in test_images[start:start + 32]]
-            handle = model.module(layer).register_forward_hook(lambda _m, _i, out: captured.update(guide=out))
-            try:
-                features = model.forward_with_features(torch.stack([t for t, _ in chunk]))[1]
-            finally:
-                handle.remove()
+            _, features, guide = model.forward_with_guide(torch.stack([t for t, _ in chunk]), layer)
             cam = torch.einsum("nk,nkhw->nhw", weight[torch.tensor(test_labels[start:start + 32])], features)
             cams.append(cam)
-            walked.append(feature_walk(cam[:, None], captured["guide"])[:, 0])
+            walked.append(feature_walk(cam[:, None], guide)[:, 0])
             geometries += [g for _, g in chunk]
 
     half = np.arange(len(test_boxes)) % 2
