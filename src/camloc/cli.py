@@ -300,7 +300,7 @@ def run(
         need("ray", "ray", "--engine ray")
     if masks:
         need("pycocotools", "export", "--masks")
-    from .jobs.files import check_out_dir
+    from .jobs.files import OutputLock, check_out_dir
     from .jobs.local import OutputOptions, RunOptions
 
     options = RunOptions(out=out, config=config, outputs=OutputOptions(
@@ -308,6 +308,8 @@ def run(
         save_maps=save_maps), batch_size=batch_size, workers=workers, resume=resume, max_pixels=max_pixels,
         exports=exports)
     check_out_dir(out)
+    with OutputLock(out):  # an --out in use by another run is refused before the model loads
+        pass
     adapter = load(model, weights, "cpu" if engine is Engine.ray else device, preprocess, dilate, runtime,
                    method, layer, amp)
     progress = progress_bar("explaining")
