@@ -4,7 +4,7 @@ Generates the shapes set (examples/make_shapes.py), trains one model per recipe 
 reports validation accuracy and the fraction of validation images whose CAM box (top
 class, largest component) has IoU >= 0.5 with the true shape box, for several box rules.
 
-    python benchmarks/train_localization.py --per-class 100 --recipes 0 1 2 --epochs 6
+    python benchmarks/train_localization.py --per-class 100 --recipes 0 1 2 --epochs 6 [--methods cam,walkcam]
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from camloc.train import TrainOptions, train  # noqa: E402
 RULES = (0.2, 0.4, 0.6, 0.8, "mean", "otsu", "otsu2")
 
 
-def localization(checkpoint: Path, data: Path, val_paths: list[str], dilate: bool) -> dict:
+def localization(checkpoint: Path, data: Path, val_paths: list[str], dilate: bool, method: str = "cam") -> dict:
     """Fraction of validation images with a box IoU >= 0.5, per rule (``dilate``: with the
-    last stage dilated, as ``camloc run --model CKPT`` runs it by default)."""
+    last stage dilated, as ``camloc run --model CKPT`` runs it by default; ``method``: the
+    map, e.g. ``cam`` or the default ``walkcam``)."""
     truth = {}
     with open(data / "boxes.csv") as stream:
         for row in csv.DictReader(stream):
@@ -40,7 +41,7 @@ def localization(checkpoint: Path, data: Path, val_paths: list[str], dilate: boo
     model = load_checkpoint(checkpoint)
     if dilate:
         dilate_last_stage(model)
-    results = explain(model, val_paths, batch_size=64)
+    results = explain(model, val_paths, batch_size=64, method=method)
     fractions = {}
     for rule in RULES:
         hits = 0
@@ -63,12 +64,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--methods", default="cam,walkcam", help="maps to box, separated by commas")
     args = parser.parse_args()
     data = Path(args.data).resolve()
     if not (data / "boxes.csv").exists():
         make_shapes(data, args.per_class, args.size, seed=1)
     print(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}; data: {data}")
-    print("unfreeze  epochs  val_acc  " + "  ".join(f"iou50@{r}" for r in RULES) + "  seconds  network")
+    print("unfreeze  epochs  val_acc  " + "  ".join(f"iou50@{r}" for r in RULES) + "  seconds  network  method")
     for unfreeze in args.recipes:
         started = time.perf_counter()
         epochs = args.epochs if unfreeze else max(args.epochs, 30)
@@ -76,11 +78,12 @@ def main() -> None:
                                     unfreeze=unfreeze, epochs=epochs, image_size=args.image_size,
                                     augment=not args.no_augment, examples=6))
         seconds = time.perf_counter() - started
-        for dilate in (False, True):
-            fractions = localization(result.checkpoint, data, result.val_paths, dilate)
-            cells = "  ".join(f"{fractions[str(r)]:9.3f}" for r in RULES)
-            print(f"{unfreeze:8d}  {epochs:6d}  {result.best_accuracy:7.3f}  {cells}  {seconds:7.1f}"
-                  f"  {'dilated' if dilate else 'as trained'}", flush=True)
+        for method in args.methods.split(","):
+            for dilate in (False, True):
+                fractions = localization(result.checkpoint, data, result.val_paths, dilate, method)
+                cells = "  ".join(f"{fractions[str(r)]:9.3f}" for r in RULES)
+                print(f"{unfreeze:8d}  {epochs:6d}  {result.best_accuracy:7.3f}  {cells}  {seconds:7.1f}"
+                      f"  {'dilated' if dilate else 'as trained'}  {method}", flush=True)
 
 
 if __name__ == "__main__":

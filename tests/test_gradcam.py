@@ -403,7 +403,8 @@ def test_layer_option_picks_the_layer(models):
     assert method(batch(size, 1), ClassSelection()).maps.shape[-2:] == (size // 16, size // 16)
     # auto with a layer other than the pooled one needs a gradient method
     assert get_method("auto", adapter, layer="layer3").name == "gradcam"
-    assert get_method("auto", adapter).name == "cam"
+    assert get_method("auto", adapter, layer=adapter.feature_layer).name == "cam"
+    assert get_method("auto", adapter).name == "walkcam"  # the default localization
 
 
 def test_unknown_layer_lists_close_matches(models):

@@ -64,8 +64,9 @@ def test_identity_and_agreement_on_each_runtime(runtime):
     ref_logits, ref_features = eager(model, batch)  # and the answers of eager PyTorch
     assert torch.equal(logits.argmax(1), ref_logits.argmax(1))
     assert torch.allclose(logits, ref_logits, atol=1e-3) and torch.allclose(features, ref_features, atol=1e-3)
-    [result] = camloc.explain(model, EXAMPLES / "coffee.jpg")  # the pipeline uses the runtime
-    [reference] = camloc.explain(camloc.load_model(model.model, dilate=False), EXAMPLES / "coffee.jpg")
+    # the pipeline uses the runtime (walkcam's graph is compared in test_walk.py)
+    [result] = camloc.explain(model, EXAMPLES / "coffee.jpg", method="cam")
+    [reference] = camloc.explain(camloc.load_model(model.model, dilate=False), EXAMPLES / "coffee.jpg", method="cam")
     assert result.targets[0].index == reference.targets[0].index
     assert max(abs(a - b) for a, b in zip(result.boxes[0][0], reference.boxes[0][0], strict=True)) <= 1
 
@@ -131,8 +132,9 @@ def test_second_load_traces_nothing(fresh_cache, monkeypatch):
 
 
 def test_cached_runtime_choice_builds_no_network(monkeypatch):
-    """The default model in onnxruntime: the second load neither probes, traces nor builds PyTorch."""
-    camloc.load_model(runtime="onnxruntime")
+    """The default model in onnxruntime: the second load neither probes, traces nor builds
+    PyTorch, for the default method (walkcam, whose guide layer and graph the first run cached)."""
+    camloc.explain(camloc.load_model(runtime="onnxruntime"), EXAMPLES / "coffee.jpg")
     events = []
     monkeypatch.setattr(runtime_module, "probe", lambda *a: events.append("probe"))
     monkeypatch.setattr(adapter_module, "find_head", lambda *a: events.append("trace"))

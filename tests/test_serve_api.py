@@ -18,6 +18,7 @@ from PIL import Image
 from serve_helpers import shared_model
 
 import camloc
+from camloc.boxes import threshold_level
 from camloc.errors import ImageError
 from camloc.images import read_image
 from camloc.jobs.local import RunOptions, run
@@ -145,8 +146,22 @@ def test_explain_classes_by_name_and_index_and_options(client):
     body = response.json()
     assert [c["label"] for c in body["cams"]] == ["cup", "espresso"]
     assert body["options"] == {"threshold": 0.5, "colormap": "viridis", "opacity": 0.8,
-                               "policy": "squash", "method": "cam"}
+                               "policy": "squash", "method": "walkcam"}
+    assert body["levels"] == [0.5, 0.5]
     [expected] = camloc.explain(shared_model(), COFFEE, classes=["cup", 967], threshold=0.5)
+    assert [c["boxes"] for c in body["cams"]] == [[list(b) for b in bs] for bs in expected.boxes]
+
+
+def test_the_default_rule_and_its_level_on_each_map(client):
+    """No threshold: the server's rule (Otsu for the default walkcam), and the level it gave
+    each returned map, where the page's slider starts."""
+    body = client.post("/api/explain", files=upload(), data={"topk": "2"}).json()
+    assert body["method"] == "walkcam" and body["options"]["threshold"] == "otsu"
+    maps = [torch.from_numpy(np.array(decode(m))).float() / 255 for m in body["maps"]]
+    assert len(body["levels"]) == 2
+    for level, gray in zip(body["levels"], maps, strict=True):
+        assert 0.0 < level < 1.0 and level == pytest.approx(threshold_level(gray, "otsu"), abs=0.01)
+    [expected] = camloc.explain(shared_model(), COFFEE, topk=2)
     assert [c["boxes"] for c in body["cams"]] == [[list(b) for b in bs] for bs in expected.boxes]
 
 

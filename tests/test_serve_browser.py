@@ -95,6 +95,8 @@ def test_upload_predictions_overlay_sliders_and_screenshot(page, tmp_path):
     assert current_box(page) is not None
     differences = [a - b for a, b in zip(current_box(page), expected.boxes[0][0], strict=True)]
     assert max(map(abs, differences)) <= 2
+    # The slider starts where the server's rule (Otsu, for the default walkcam) put this map.
+    assert page.locator("#threshold-value").inner_text().endswith(" (otsu)")
     scale_pixels = page.evaluate("""() => Array.from(document.getElementById("scale")
         .getContext("2d").getImageData(0, 7, 256, 1).data)""")
     assert scale_pixels[:3] == camloc.render.colormap_lut("jet")[0].tolist()  # colour scale drawn

@@ -11,7 +11,8 @@ import torch
 from conftest import CAMLOC, EXAMPLES, ROOT
 
 import camloc
-from camloc.methods import ClassSelection, feature_walk, get_method, guide_layer
+from camloc.evaluate import settings_of
+from camloc.methods import ClassSelection, feature_walk, get_method, guide_layer, resolve_method
 from camloc.methods.cam import class_maps
 
 PHOTO = str(EXAMPLES / "coffee.jpg")
@@ -135,7 +136,7 @@ def test_a_guided_graph_that_disagrees_is_dropped_and_the_eager_network_runs(mon
     assert torch.allclose(result.normalized, reference.normalized, atol=1e-5)
 
 
-def test_walkcam_on_a_network_outside_pytorch_is_one_clear_error(tmp_path):
+def test_walkcam_on_a_network_outside_pytorch_is_one_clear_error_and_not_the_default(tmp_path):
     onnx = tmp_path / "lite0.onnx"
     exported = subprocess.run([*CAMLOC, "export", "--onnx", str(onnx)], capture_output=True, text=True,
                               timeout=300, cwd=ROOT)
@@ -145,3 +146,39 @@ def test_walkcam_on_a_network_outside_pytorch_is_one_clear_error(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert "walkcam need a PyTorch model" in done.stderr
+    # the default method on an ONNX model is the plain CAM, boxed at 0.25
+    model = camloc.load_model(str(onnx))
+    assert resolve_method("auto", model) == "cam"
+    [result] = camloc.explain(model, PHOTO)
+    [plain] = camloc.explain(model, PHOTO, method="cam", threshold=0.25)
+    assert result.method == "cam" and result.boxes == plain.boxes
+
+
+def test_the_default_is_walkcam_boxed_by_otsu_in_every_door(tmp_path):
+    model = camloc.load_model(runtime="torch")
+    assert resolve_method("auto", model) == "walkcam"
+    assert resolve_method("auto", model, layer=model.feature_layer) == "cam"
+    assert resolve_method("auto", model, layer="blocks.5") == "gradcam"
+    [default] = camloc.explain(model, PHOTO)
+    [walked] = camloc.explain(model, PHOTO, method="walkcam", threshold="otsu")
+    [plain] = camloc.explain(model, PHOTO, method="cam")
+    assert default.method == "walkcam" and default.boxes == walked.boxes
+    assert not torch.allclose(default.normalized, plain.normalized, atol=1e-2)  # not the plain CAM
+    done = subprocess.run([*CAMLOC, "run", PHOTO, "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    [record] = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert record["method"] == "walkcam"
+    got, want = record["cams"][0]["boxes"][0], walked.boxes[0][0]
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1
+    settings = settings_of(model, camloc.ExplainConfig())
+    assert settings["method"] == "walkcam" and settings["threshold"] == "otsu"
+
+
+def test_a_walked_map_flat_to_rounding_is_flat_not_noise():
+    """A random network's features are alike everywhere: its walked map is constant up to
+    float rounding (1e-6 of its values), which must not decide a box."""
+    maps = torch.full((1, 1, 14, 14), 1.1765) + torch.randn(1, 1, 14, 14) * 1e-6
+    assert float(camloc.normalize_maps(maps).abs().max()) == 0.0
+    tilted = torch.full((1, 1, 14, 14), 1.1765) + torch.linspace(0, 0.01, 14)  # a real slope stays
+    assert float(camloc.normalize_maps(tilted).max()) == pytest.approx(1.0)

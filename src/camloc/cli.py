@@ -119,8 +119,9 @@ RuntimeOption = Annotated[Runtime, typer.Option(
     "agrees with PyTorch here, chosen once per model and cached), torch (eager), onnxruntime, openvino; "
     "gradient methods and --amp always run in eager PyTorch")]
 MethodOption = Annotated[str, typer.Option(
-    "--method", rich_help_panel=METHOD, help="auto (CAM when exact, else gradcam), cam, gradcam, gradcam++, "
-    "layercam, scorecam, walkcam (CAM walked over feature affinities; --layer: its guide layer)")]
+    "--method", rich_help_panel=METHOD, help="auto (walkcam when the CAM is exact, cam for ONNX/Keras "
+    "models, else gradcam), cam (the paper's), walkcam (CAM walked over feature affinities; --layer: its guide "
+    "layer), gradcam, gradcam++, layercam, scorecam")]
 LayerOption = Annotated[str | None, typer.Option(
     "--layer", rich_help_panel=METHOD, help="target layer of the gradient methods (default: last spatial layer), "
     "guide layer of walkcam (default: the stage before the last)")]
@@ -138,7 +139,7 @@ AmpOption = Annotated[bool, typer.Option(
     "--amp", rich_help_panel=SPEED, help="bfloat16 autocast for the network (maps stay float32)")]
 ThresholdOption = Annotated[str | None, typer.Option(
     "--threshold", "-t", rich_help_panel=BOXES, help="box threshold: fraction of the map's range, or otsu / "
-    "otsu2 / mean (default: the model's recommended rule, else 0.25)")]
+    "otsu2 / mean (default: the model's stored rule, else otsu for walkcam, 0.25 for the others)")]
 NormalizeOption = Annotated[Normalization, typer.Option(
     "--normalize", rich_help_panel=BOXES, help="maps to [0, 1] before --threshold: min-max (the paper) or "
     "relu/max")]

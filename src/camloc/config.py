@@ -43,10 +43,11 @@ def parse_threshold(value: Threshold) -> Threshold:
     return float(value)
 
 
-# camloc's defaults, defined here only. Localization: one view at the model's own size,
-# boxes at 0.25 of the min-max normalised map (the paper: 0.2). Views at 2x (scales 1,2) and
-# mirrors (flip) are options: they cost 5-10x the network work. docs/localization.md has
-# the measurements.
+# camloc's defaults, defined here only. Localization: one view at the model's own size, the
+# CAM walked over the network's feature affinities ("auto" → walkcam for exact heads), boxed
+# by Otsu's split of each map; plain CAM boxes at 0.25 of the min-max normalised map (the
+# paper: 0.2). Views at 2x (scales 1,2) and mirrors (flip) are options: they cost 5-10x the
+# network work. docs/localization.md has the measurements.
 DEFAULT_BOX_THRESHOLD = 0.25
 # A method whose maps want another rule: walkcam's maps spread over the whole object, and
 # Otsu's split of each map boxes it on photos and on small objects alike.
@@ -86,15 +87,16 @@ class ExplainConfig:
 
     - classes: the top ``topk``, or the ``rank``-th most likely (1-based), or ``classes``
       (names or indices);
-    - ``method`` (``"auto"``: exact CAM when the head allows it, else Grad-CAM) on ``layer``
-      (``None``: the method's default);
+    - ``method`` (``"auto"``: walkcam when the CAM is exact, plain CAM for ONNX/Keras models,
+      else Grad-CAM; :func:`camloc.methods.resolve_method`) on ``layer`` (``None``: the
+      method's default);
     - input: resize ``policy`` (squash | center-crop | pad), ``input_size`` (side; ``None``:
       the model's own);
     - views: ``flip`` (average with the mirror), ``scales`` (average views resized by these
       factors);
     - boxes: ``normalization`` of the maps (minmax | max), ``threshold`` (a fraction of the
       normalised map, or a rule: otsu, otsu2, mean; ``None``: the model's recommended rule if
-      it has one, else :data:`DEFAULT_BOX_THRESHOLD`), ``largest_only`` component or all of at
+      it has one, else the method's, see :meth:`box_threshold`), ``largest_only`` component or all of at
       least ``min_area`` of the image;
     - precision: ``amp`` (bfloat16 autocast for the network; maps stay float32).
 
@@ -148,12 +150,13 @@ class ExplainConfig:
         """A copy with ``changes`` (checked like a new config)."""
         return dataclasses.replace(self, **changes)
 
-    def box_threshold(self, model: Any) -> Threshold:
+    def box_threshold(self, model: Any, method: str | None = None) -> Threshold:
         """The box rule in force for ``model``: the config's, else the model's recommended
-        one (``model.box_threshold``), else the method's (:data:`METHOD_BOX_THRESHOLDS`),
-        else :data:`DEFAULT_BOX_THRESHOLD`.
+        one (``model.box_threshold``), else the method's (:data:`METHOD_BOX_THRESHOLDS`;
+        ``method``: the one the config's resolves to, e.g. ``"auto"`` → ``"walkcam"``, see
+        :func:`camloc.methods.resolve_method`), else :data:`DEFAULT_BOX_THRESHOLD`.
 
-        >>> ExplainConfig().box_threshold(None), ExplainConfig(method="walkcam").box_threshold(None)
+        >>> ExplainConfig(method="cam").box_threshold(None), ExplainConfig().box_threshold(None, "walkcam")
         (0.25, 'otsu')
         """
         if self.threshold is not None:
@@ -161,7 +164,7 @@ class ExplainConfig:
         recommended = getattr(model, "box_threshold", None)
         if recommended is not None:
             return recommended
-        return METHOD_BOX_THRESHOLDS.get(self.method, DEFAULT_BOX_THRESHOLD)
+        return METHOD_BOX_THRESHOLDS.get(method or self.method, DEFAULT_BOX_THRESHOLD)
 
     def network_size(self, model: Any) -> tuple[int, int]:
         """The ``(height, width)`` fed to the network: ``input_size`` squared, else the model's."""

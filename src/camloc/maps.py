@@ -23,12 +23,19 @@ from .images import (
     resampling_matrices,
 )
 
+# A map whose range is under this fraction of its values' magnitude is flat: what is left is
+# float32 rounding (a walked map's eight products of 196-term sums) or the differences
+# between runtimes, which agree with eager PyTorch to about 1e-5 of the values. Real maps
+# span far more: the CAMs of the default model's top-5 classes on 298 photos at least 0.87
+# of their magnitude, their walked maps at least 0.035.
+FLAT_RANGE = 1e-4
+
 
 def flat_safe_span(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """``high - low``, or infinity where the range is rounding noise (under 1e-6 of the
+    """``high - low``, or infinity where the range is noise (under :data:`FLAT_RANGE` of the
     values' magnitude, or 1e-12): dividing by it makes a flat map all 0, not all noise."""
     span = high - low
-    noise = torch.maximum(high.abs(), low.abs()).mul(1e-6).clamp_min(1e-12)
+    noise = torch.maximum(high.abs(), low.abs()).mul(FLAT_RANGE).clamp_min(1e-12)
     return torch.where(span <= noise, torch.full_like(span, float("inf")), span)
 
 

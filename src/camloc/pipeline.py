@@ -250,9 +250,11 @@ def selection_of(config: ExplainConfig) -> ClassSelection:
     return ClassSelection(topk=config.topk, rank=config.rank, classes=config.classes)
 
 
-def box_options_of(config: ExplainConfig, model: ClassifierAdapter) -> BoxOptions:
-    """How ``config`` turns ``model``'s maps into boxes (its rule, else the model's, else camloc's)."""
-    return BoxOptions(config.box_threshold(model), config.largest_only, config.min_area, config.normalization)
+def box_options_of(config: ExplainConfig, model: ClassifierAdapter, method: str | None = None) -> BoxOptions:
+    """How ``config`` turns ``model``'s maps into boxes (its rule, else the model's, else that
+    of ``method``, the method the config's resolves to)."""
+    return BoxOptions(config.box_threshold(model, method), config.largest_only, config.min_area,
+                      config.normalization)
 
 
 class Pipeline:
@@ -278,7 +280,7 @@ class Pipeline:
             raise CamlocError(f"--amp (bfloat16 autocast) runs in eager PyTorch, but {model.name} runs in "
                               f"{model.runtime}; load it with runtime='torch' (--runtime torch)")
         self.method: Method = get_method(config.method, model, layer=config.layer)
-        self.box_options = box_options_of(config, model)
+        self.box_options = box_options_of(config, model, self.method.name)
         self.size = network_size(model, config.input_size)
 
     def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, Geometry]:

@@ -26,6 +26,7 @@ from ..config import Threshold
 from ..dataset import batches
 from ..errors import CamlocError
 from ..images import DEFAULT_MAX_PIXELS, collect_images, stack_images
+from ..methods import resolve_method
 from ..models import ClassifierAdapter
 from ..pipeline import ExplainConfig, Pipeline
 from .ground_truth import class_of, match_images, read_ground_truth
@@ -185,11 +186,12 @@ def overlaps_image(box: list[float], width: int, height: int) -> bool:
 
 def settings_of(model: ClassifierAdapter, config: ExplainConfig, step: float = SWEEP_STEP) -> dict[str, Any]:
     """The settings that produced the figures (for the JSON and the report)."""
-    threshold = config.box_threshold(model)
+    method = resolve_method(config.method, model, config.layer)
+    threshold = config.box_threshold(model, method)
     return {
         "model": model.name,
         "dilated": bool(getattr(model, "dilated", False)),
-        "method": config.method,
+        "method": method,
         "layer": config.layer,
         "policy": config.policy,
         "input_size": list(config.network_size(model)),

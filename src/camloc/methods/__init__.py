@@ -18,7 +18,7 @@ from .gradient import (
     find_spatial_layer,
     spatial_layer,
 )
-from .registry import METHODS, get_method, list_methods, register_method
+from .registry import METHODS, get_method, list_methods, register_method, resolve_method
 from .scorecam import ScoreCAM
 from .views import explain_batch
 from .walk import WalkCAM, feature_walk, guide_layer
@@ -30,6 +30,6 @@ __all__ = [
     "CAM", "CAMMethod", "GRADIENT_METHODS", "METHODS", "ClassSelection", "GradCAM", "GradCAMPlusPlus",
     "GradientMethod", "LayerCAM",
     "LayerMethod", "Method", "MethodOutput", "ScoreCAM", "Selection", "SpatialLayer", "class_maps",
-    "explain_batch", "find_spatial_layer", "get_method", "list_methods", "register_method",
+    "explain_batch", "find_spatial_layer", "get_method", "list_methods", "register_method", "resolve_method",
     "spatial_layer", "WalkCAM", "feature_walk", "guide_layer",
 ]

@@ -34,12 +34,33 @@ def list_methods() -> list[str]:
     return list(METHODS)
 
 
+def resolve_method(name: str, model: ClassifierAdapter, layer: str | None = None) -> str:
+    """The method that ``name`` means for ``model``: itself, or for ``"auto"`` the default
+    localization: ``walkcam`` when the CAM is exact and the model is a PyTorch network with a
+    stage before its last, plain ``cam`` when the CAM is exact otherwise (ONNX, Keras) or
+    ``layer`` is the CAM's own, else ``gradcam``.
+
+    >>> import camloc
+    >>> resolve_method("auto", camloc.load_model()), resolve_method("gradcam++", camloc.load_model())
+    ('walkcam', 'gradcam++')
+    """
+    if name != "auto":
+        return name
+    if model.head_error is not None or layer not in (None, model.feature_layer):
+        return "gradcam"
+    if layer is None:
+        try:
+            model.guide_layer()
+        except ModelError:  # outside PyTorch, or no stage to guide the walk
+            return "cam"
+        return "walkcam"
+    return "cam"
+
+
 def get_method(name: str, model: ClassifierAdapter, layer: str | None = None) -> Method:
-    """The method called ``name`` (``"auto"``: exact CAM when the head allows it, else
-    Grad-CAM), on ``layer`` (``None``: the method's default layer)."""
-    if name == "auto":
-        exact = model.head_error is None and layer in (None, model.feature_layer)
-        name = "cam" if exact else "gradcam"
+    """The method called ``name`` (``"auto"``: see :func:`resolve_method`), on ``layer``
+    (``None``: the method's default layer)."""
+    name = resolve_method(name, model, layer)
     if name not in METHODS:
         raise ModelError(f"unknown method {name!r}; choose from auto, {', '.join(METHODS)}")
     return METHODS[name](model, layer=layer)

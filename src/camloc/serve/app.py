@@ -58,6 +58,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import render
 from ..allocator import release_memory
+from ..boxes import threshold_level
 from ..config import parse_threshold
 from ..errors import CamlocError
 from ..images import RESIZE_POLICIES, Geometry, claimed_size, read_image
@@ -327,8 +328,11 @@ def explain_response(
 
     Pictures are at display size (:func:`request_display_size`), the size ``result``'s maps
     were computed at; ``scale_x`` and ``scale_y`` turn display pixels into the record's
-    original pixels (``scale``: the same along the longer side).
+    original pixels (``scale``: the same along the longer side). ``levels``: the level of
+    the box rule on each map (Otsu's split differs from map to map), where the page's
+    threshold slider starts.
     """
+    rule = config.box_threshold(model, result.method)
     width, height = request_display_size(*result.size, options)
     if tuple(result.normalized.shape[-2:]) != (height, width):  # computed at another size: resample
         normalized = F.interpolate(result.normalized[None].float(), (height, width), mode="area")[0]
@@ -349,7 +353,8 @@ def explain_response(
         "display": {"width": width, "height": height,
                     "scale": max(original_w, original_h) / max(width, height),
                     "scale_x": original_w / width, "scale_y": original_h / height},
-        "options": {"threshold": config.box_threshold(model), "colormap": options.colormap,
+        "levels": [round(threshold_level(normalized, rule), 2) for normalized in small.normalized],
+        "options": {"threshold": rule, "colormap": options.colormap,
                     "opacity": options.opacity, "policy": config.policy, "method": result.method},
         "picture": data_url(picture, "jpeg"),
         "overlay": overlay,

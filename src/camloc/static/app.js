@@ -8,6 +8,7 @@ const state = {
   picture: null,    // ImageData of the picture at display size
   maps: [],         // Uint8Array per explained class: the grayscale map (0..255)
   selected: 0,      // index into result.cams
+  ruleMoved: false, // the threshold slider was moved: it, not the server's box rule, decides
   luts: {},         // colormap name -> Uint8Array(256 * 3)
 };
 
@@ -129,9 +130,12 @@ async function redraw() {
   const result = state.result;
   if (!result || !state.picture) return;
   const opacity = parseFloat($("opacity").value);
+  if (!state.ruleMoved) $("threshold").value = String(result.levels[state.selected]);
   const threshold = parseFloat($("threshold").value);
+  const rule = result.options.threshold;
   $("opacity-value").textContent = opacity.toFixed(2);
-  $("threshold-value").textContent = threshold.toFixed(2);
+  $("threshold-value").textContent = threshold.toFixed(2) +
+    (!state.ruleMoved && typeof rule === "string" ? ` (${rule})` : "");
   let table;
   try {
     table = await lut($("colormap").value);
@@ -255,7 +259,7 @@ async function explain(blob, name) {
   form.append("overlay", "false");   // the page blends its own overlay
   const wanted = $("class").value.trim();
   if (wanted) form.append("class", wanted);
-  form.append("threshold", $("threshold").value);
+  if (state.ruleMoved) form.append("threshold", $("threshold").value);  // else the server's rule
   form.append("opacity", $("opacity").value);
   form.append("colormap", $("colormap").value);
   try {
@@ -290,6 +294,7 @@ async function start() {
     const file = event.dataTransfer.files[0];
     if (file) explain(file, file.name);
   });
+  $("threshold").addEventListener("input", () => { state.ruleMoved = true; });
   for (const id of ["opacity", "threshold", "colormap"]) $(id).addEventListener("input", redraw);
   $("class").addEventListener("change", () => { if (state.blob) explain(state.blob, state.name); });
   try {
