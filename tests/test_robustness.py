@@ -90,8 +90,8 @@ def test_a_link_loop_gets_an_error_record(folder, tmp_path):
 
 
 def test_interrupt_says_what_was_done_and_how_to_resume(folder, tmp_path):
-    for i in range(40):
-        shutil.copy(EXAMPLES / "coffee.jpg", folder / f"copy{i:02d}.jpg")
+    for i in range(200):  # enough that the run is still at work when the first results are written
+        shutil.copy(EXAMPLES / "coffee.jpg", folder / f"copy{i:03d}.jpg")
     out = tmp_path / "out"
     run = subprocess.Popen([*CAMLOC, "run", str(folder), "--out", str(out), "--batch-size", "2", "--workers", "0",
                             *FAST], stderr=subprocess.PIPE, text=True, cwd=ROOT)

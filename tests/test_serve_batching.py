@@ -133,7 +133,7 @@ def test_mixed_options_in_one_burst_get_their_own(alone):
     body = {i: a.json() for i, a in enumerate(answers)}
     assert [len(body[i]["cams"]) for i in range(len(forms))] == [1, 5, 2, 2, 1, 2, 1, 4]
     assert [c["label"] for c in body[2]["cams"]] == ["tabby", "espresso"]
-    assert body[5]["method"] == "gradcam" and body[0]["method"] == "cam"
+    assert body[5]["method"] == "gradcam" and body[0]["method"] == "walkcam"
     assert body[1]["options"]["threshold"] == 0.5 and body[3]["options"]["threshold"] == "otsu"
     assert body[3]["options"]["policy"] == "center-crop" and body[4]["options"]["policy"] == "pad"
     assert body[7]["overlay"] is None and body[0]["overlay"] is not None
@@ -400,8 +400,8 @@ def test_forward_key_and_row_selection(small_model):
     cam = Pipeline(small_model, ExplainConfig(topk=1))
     assert forward_key(cam) == forward_key(Pipeline(small_model, ExplainConfig(topk=5, policy="pad",
                                                                                threshold=0.7)))
-    assert forward_key(cam) == forward_key(Pipeline(small_model, ExplainConfig(method="cam")))  # auto is cam
-    for other in (ExplainConfig(method="gradcam"), ExplainConfig(flip=True), ExplainConfig(input_size=160)):
+    assert forward_key(cam) == forward_key(Pipeline(small_model, ExplainConfig(method="walkcam")))  # auto is walkcam
+    for other in (ExplainConfig(method="gradcam"), ExplainConfig(method="cam"), ExplainConfig(flip=True), ExplainConfig(input_size=160)):
         assert forward_key(cam) != forward_key(Pipeline(small_model, other))
     scaled = ExplainConfig(scales=(1.0, 2.0))
     assert forward_key(Pipeline(small_model, scaled)) != forward_key(Pipeline(small_model, scaled.replace(topk=2)))

@@ -65,7 +65,7 @@ class BatcherClosed(RuntimeError):
 
 def forward_key(pipeline: Pipeline) -> Hashable:
     """What must be equal for two requests to share a forward pass: the method (as resolved:
-    ``auto`` is ``cam`` or ``gradcam``) and its layer, the network's input size, the views
+    ``auto`` is ``walkcam``, ``cam`` or ``gradcam``) and its layer, the network's input size, the views
     and the precision; with several scales also the classes (:mod:`camloc.methods.views`
     picks them among the first view's candidates, per batch)."""
     config = pipeline.config
