@@ -401,7 +401,8 @@ def test_forward_key_and_row_selection(small_model):
     assert forward_key(cam) == forward_key(Pipeline(small_model, ExplainConfig(topk=5, policy="pad",
                                                                                threshold=0.7)))
     assert forward_key(cam) == forward_key(Pipeline(small_model, ExplainConfig(method="walkcam")))  # auto is walkcam
-    for other in (ExplainConfig(method="gradcam"), ExplainConfig(method="cam"), ExplainConfig(flip=True), ExplainConfig(input_size=160)):
+    for other in (ExplainConfig(method="gradcam"), ExplainConfig(method="cam"), ExplainConfig(flip=True),
+                  ExplainConfig(input_size=160)):
         assert forward_key(cam) != forward_key(Pipeline(small_model, other))
     scaled = ExplainConfig(scales=(1.0, 2.0))
     assert forward_key(Pipeline(small_model, scaled)) != forward_key(Pipeline(small_model, scaled.replace(topk=2)))
