@@ -93,8 +93,11 @@ def test_interrupt_says_what_was_done_and_how_to_resume(folder, tmp_path):
     for i in range(200):  # enough that the run is still at work when the first results are written
         shutil.copy(EXAMPLES / "coffee.jpg", folder / f"copy{i:03d}.jpg")
     out = tmp_path / "out"
+    # Ctrl-C in a terminal: SIGINT at its default, even when this suite runs as a background job
+    # (whose children inherit SIGINT ignored)
     run = subprocess.Popen([*CAMLOC, "run", str(folder), "--out", str(out), "--batch-size", "2", "--workers", "0",
-                            *FAST], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            *FAST], stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (out / "results.jsonl").exists():
         time.sleep(0.2)
