@@ -2,7 +2,8 @@
 
     python benchmarks/bench_run.py [--images 1000] [--batch 32] [--device cpu] [--memory 500,5000]
 
-Both sides read the same JPEG folder with the same batch size and DataLoader workers:
+Both sides read the same JPEG folder with the same batch size and decoding threads
+(``camloc.dataset.batches``, as `camloc run` decodes):
 the baseline only decodes, preprocesses and runs the forward pass; camloc also computes
 CAMs, boxes, renders an overlay per image and writes it with results.jsonl. Prints
 images/s and the ratio. With --memory, also runs the `camloc run` command as a child
@@ -25,10 +26,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 from timing import allocator_option, apply_allocator
-from torch.utils.data import DataLoader
 
 import camloc
-from camloc.dataset import ImageDataset
+from camloc.dataset import batches
 from camloc.images import stack_images
 from camloc.jobs.local import RunOptions, run
 from camloc.models import inference_mode, resolve_device
@@ -55,12 +55,9 @@ def make_folder(folder: Path, count: int) -> Path:
 def forward_only(model, paths, batch, workers, amp=False) -> float:
     """Images/s of decode + preprocess + forward (under bfloat16 autocast with ``amp``, as
     ``camloc run --amp``)."""
-    dataset = ImageDataset(paths, model, "squash", 80_000_000)
-    loader = DataLoader(dataset, batch_size=batch, num_workers=workers, collate_fn=lambda items: items,
-                        prefetch_factor=2 if workers else None)
     start = time.perf_counter()
     with inference_mode(model.model), torch.autocast(model.device.type, torch.bfloat16, enabled=amp):
-        for items in loader:
+        for items in batches([Path(p) for p in paths], model, "squash", 80_000_000, model.input_size, batch, workers):
             x = stack_images([item.tensor for item in items]).to(model.device)
             model.model(x).cpu()
     return len(paths) / (time.perf_counter() - start)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import CAMLOC, EXAMPLES, ROOT
 
 FAST = ["--model", "resnet18", "--weights", "random"]
@@ -137,3 +138,37 @@ def test_garbage_weights_file_is_named_as_such(tmp_path):
     assert "weights_only" not in done.stderr and "Traceback" not in done.stderr
     done = camloc_cli("info", "--model", garbage)
     assert done.returncode == 2 and "is not a camloc checkpoint" in done.stderr and "weights_only" not in done.stderr
+
+
+def _decoding_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("camloc-decode")]
+
+
+def test_decoding_threads_keep_order_and_bad_files_and_stop_when_the_loop_does(tmp_path):
+    from camloc import load_model
+    from camloc.dataset import batches
+
+    model = load_model("resnet18", weights="random")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    paths = [EXAMPLES / "coffee.jpg", tmp_path / "broken.jpg", EXAMPLES / "rocket.jpg", tmp_path / "missing.png",
+             EXAMPLES / "chelsea_cat.jpg", EXAMPLES / "motorcycle.jpg", EXAMPLES / "astronaut.jpg"] * 2
+    decode = lambda workers: list(batches(paths, model, "squash", 10**8, (224, 224), 3, workers))  # noqa: E731
+    in_turn, ahead = decode(0), decode(2)
+    assert [len(items) for items in ahead] == [3, 3, 3, 3, 2]
+    flat = [item for items in ahead for item in items]
+    assert [item.index for item in flat] == list(range(len(paths)))
+    assert [item.path for item in flat] == [str(p) for p in paths]
+    for got, want in zip(flat, (item for items in in_turn for item in items), strict=True):
+        assert (got.error is None) == (want.error is None) and got.error == want.error
+        if want.error is None:
+            assert torch.equal(got.tensor, want.tensor) and torch.equal(got.image, want.image)
+    assert "broken.jpg" in flat[1].error and "missing.png" in flat[3].error
+    assert not _decoding_threads()
+
+    stream = batches(paths * 20, model, "squash", 10**8, (224, 224), 2, 2)
+    next(stream)
+    assert _decoding_threads()
+    stream.close()  # leaving the loop early: the decoding not started is cancelled, the threads end
+    assert not _decoding_threads()

@@ -149,7 +149,7 @@ MinAreaOption = Annotated[float, typer.Option(
     "--min-area", rich_help_panel=BOXES, help="with --all-components: smallest box, fraction of the image")]
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", "-b", min=1, rich_help_panel=SPEED)]
 WorkersOption = Annotated[int | None, typer.Option("--workers", min=0, rich_help_panel=SPEED, help=(
-    "image decoding processes (default: automatic, 0: in the main process); with --engine ray: model actors "
+    "image decoding threads (default: automatic, 0: in turn with the model); with --engine ray: model actors "
     "(default 1)"))]
 MaxPixelsOption = Annotated[int, typer.Option(
     "--max-pixels", min=1, rich_help_panel=INPUTS, help="refuse larger images (checked before decoding)")]

@@ -1,6 +1,6 @@
 """The streaming folder job behind ``camloc run``: load → explain → render → write.
 
-Images stream through a DataLoader (decoding in worker processes) in batches, so memory
+Images stream in batches (decoded by threads ahead of the model), so memory
 does not grow with the folder. Each image gets its rendered files (written atomically)
 and one line in ``results.jsonl``; an unreadable file gets a record with its error and
 the run goes on. ``resume=True`` skips images already done. The explanation itself is the
@@ -94,7 +94,7 @@ class RunOptions:
     config: ExplainConfig = ExplainConfig()
     outputs: OutputOptions = OutputOptions()
     batch_size: int = 16
-    workers: int | None = None  # decoding processes; None: automatic (0 for small runs)
+    workers: int | None = None  # decoding threads; None: automatic (0 for small runs)
     resume: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     exports: ExportOptions = ExportOptions()
@@ -256,7 +256,7 @@ def run(
 ) -> RunSummary:
     """Explain every image under ``inputs`` into ``options.out``; returns the counts.
 
-    Decoding (DataLoader workers), the model (main thread) and rendering/writing (a small
+    Decoding (threads), the model (main thread) and rendering/writing (a small
     thread pool, which Pillow's encoders and torch release the GIL for) overlap; at most
     two batches wait for writing, so memory stays flat however large the folder.
     ``on_start(total)`` is called once with the number of images to process,
