@@ -64,11 +64,13 @@ def test_identity_and_agreement_on_each_runtime(runtime):
     ref_logits, ref_features = eager(model, batch)  # and the answers of eager PyTorch
     assert torch.equal(logits.argmax(1), ref_logits.argmax(1))
     assert torch.allclose(logits, ref_logits, atol=1e-3) and torch.allclose(features, ref_features, atol=1e-3)
-    # the pipeline uses the runtime (walkcam's graph is compared in test_walk.py)
-    [result] = camloc.explain(model, EXAMPLES / "coffee.jpg", method="cam")
-    [reference] = camloc.explain(camloc.load_model(model.model, dilate=False), EXAMPLES / "coffee.jpg", method="cam")
-    assert result.targets[0].index == reference.targets[0].index
-    assert max(abs(a - b) for a, b in zip(result.boxes[0][0], reference.boxes[0][0], strict=True)) <= 1
+    # the pipeline uses the runtime, for plain CAM and the default (walkcam, its guided graph)
+    eager_model = camloc.load_model(model.model, dilate=False)
+    for method in ("cam", "auto"):
+        [result] = camloc.explain(model, EXAMPLES / "coffee.jpg", method=method)
+        [reference] = camloc.explain(eager_model, EXAMPLES / "coffee.jpg", method=method)
+        assert result.targets[0].index == reference.targets[0].index
+        assert max(abs(a - b) for a, b in zip(result.boxes[0][0], reference.boxes[0][0], strict=True)) <= 1
 
 
 def test_auto_probes_once_then_reads_its_choice(fresh_cache, monkeypatch):
