@@ -1,24 +1,31 @@
 """`camloc run` per runtime: images/s, ratio to eager torch, top-1 and box agreement.
 
-    python benchmarks/bench_runtime.py [--images DIR] [--batch 16] [--runtimes torch,onnxruntime,openvino]
+    python benchmarks/bench_runtime.py [--images DIR] [--batch 16] [--runtimes torch,onnxruntime,openvino,auto]
+        [--earlier /tmp/earlier/src]
 
-Every contender is the folder job behind `camloc run` (decode in threads ahead of the model, CAM,
-boxes, overlays and results.jsonl written) on the same photos, model (the default, dilated
-as `camloc run` loads it) and batch size, run round-robin chunk by chunk (``--chunk`` photos
-a turn, so a shared machine's drift hits every contender alike); the baselines of the same run
-are `--runtime torch` (today's `camloc run`) and an eager forward-only loop (decode,
-preprocess, forward). Besides wall images/s, the CPU time per image (this process and
-its decoding workers) is printed: on a machine shared with other work it is the steadier
-figure (an idle machine's images/s is about cores / CPU seconds per image). `auto` is what
-`camloc run` uses by default: the row says which runtime it chose. Agreement is against
-`--runtime torch` on every photo: identical top-1, and the IoU of the top-1 box >= 0.9.
+Every contender is the folder job behind `camloc run` (decoding in threads ahead of the model,
+CAM, boxes, overlays and results.jsonl written) on the same photos, model (the default, dilated
+as `camloc run` loads it) and batch size. Each contender runs in a process of its own
+(``contender.py``: runtimes sharing a process share its thread pools, and one runtime's idle
+threads slow another's), loaded once, and they take turns chunk by chunk, with a pause
+before each turn (a runtime's threads spin for a while after their work) (``--chunk`` photos a
+turn, so a shared machine's drift hits every contender alike). The baselines of the same run
+are `--runtime torch` and an eager forward-only loop (decode, preprocess, forward). Besides
+wall images/s (the job's own time, start-up excluded), the CPU time per image of each
+contender's process and its children is printed: on a machine shared with other work it is
+the steadier figure. `auto` is what `camloc run` uses by default: the row says which runtime
+it chose. Agreement is against `--runtime torch` on every photo: identical top-1, and the IoU
+of the top-1 box >= 0.9.
+
+First, the forward pass alone (what the default method, walkcam, asks of the runtime: logits,
+features and the guide layer) over one batch of the first photos, decoded once, each runtime
+in turn for ``--repeats`` rounds after two warm-up rounds: best and median images/s and the ratio to
+eager torch.
 
 ``--earlier SRC`` adds an earlier camloc as a contender: the ``src`` folder of a checkout of
 the commit to compare with (``git worktree add /tmp/earlier COMMIT``, then
-``--earlier /tmp/earlier/src``). Its `camloc run` runs in a child process over the same
-chunks with the same batch size (start-up not counted: the rate is the one it prints for
-its job; its CPU time includes its start-up), and the default (``auto``) is also given as
-a ratio to it.
+``--earlier /tmp/earlier/src``), with its own defaults (method, box rule, decoding), and the
+default (``auto``) is also given as a ratio to it.
 """
 
 from __future__ import annotations
@@ -26,8 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -35,23 +40,46 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from timing import allocator_option, apply_allocator
+import numpy as np
 
-import camloc
 from camloc.boxes import box_iou
-from camloc.jobs.local import RunOptions, run
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = Path("/work/shared/data/imagenet-val-dev/images")
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_run import forward_only  # noqa: E402
+SETTLE_S = 0.3  # a pause before each turn: the previous contender's threads stop spinning
+WARM_UP_ROUNDS = 2  # eager torch (oneDNN) reaches its pace on its third call with a new shape
 
 
-def cpu_seconds() -> float:
-    """User + system CPU time of this process and its reaped children (decoding workers)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+class Contender:
+    """A ``contender.py`` process: one model, loaded once, answering requests in turn."""
+
+    def __init__(self, name: str, workers: int | None, default_malloc: bool, earlier: Path | None):
+        command = [sys.executable, str(Path(__file__).with_name("contender.py")), name]
+        command += [] if workers is None else ["--workers", str(workers)]
+        command += ["--default-malloc"] if default_malloc else []
+        env = {**os.environ, "PYTHONPATH": str(earlier)} if name == "earlier" else None
+        self.name = name
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.runtime = self._answer()["runtime"]
+
+    def ask(self, **request) -> dict:
+        assert self.process.stdin is not None
+        time.sleep(SETTLE_S)
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        return self._answer()
+
+    def _answer(self) -> dict:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"contender {self.name} ended (exit status {self.process.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.process.stdin:
+            self.process.stdin.close()
+        self.process.wait(timeout=60)
 
 
 def records(out: Path) -> dict[str, dict]:
@@ -69,20 +97,19 @@ def agreement(reference: dict[str, dict], other: dict[str, dict]) -> tuple[float
     return same_top1 / len(reference), good_boxes / len(reference)
 
 
-def earlier_run(src: Path, chunk: list[Path], out: Path, batch: int) -> float:
-    """Seconds of an earlier camloc's `camloc run` job over ``chunk`` (its own printed rate)."""
-    folder = out.with_name(out.name + "-in")
-    folder.mkdir(parents=True)
-    for path in chunk:
-        (folder / path.name).symlink_to(path.resolve())
-    command = [sys.executable, "-c", "import sys; sys.argv[0] = 'camloc'; from camloc.cli import main; main()",
-               "run", str(folder), "--out", str(out), "--batch-size", str(batch)]
-    done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(src)}, capture_output=True, text=True)
-    shutil.rmtree(folder)
-    match = re.search(r"(\d+) done.*\(([\d.]+) images/s\)", done.stdout + done.stderr)
-    if done.returncode != 0 or match is None:
-        raise SystemExit(f"the earlier camloc failed on a chunk:\n{done.stderr[-2000:]}")
-    return int(match[1]) / float(match[2])
+def forward_alone(contenders: dict[str, Contender], paths: list[str], batch: int, repeats: int) -> str:
+    """The forward pass alone of each runtime, round-robin: one line of images/s and ratios."""
+    runtimes = [c for name, c in contenders.items() if name not in ("earlier", "forward-only")]
+    seconds: dict[str, list[float]] = {c.name: [] for c in runtimes}
+    for round_ in range(WARM_UP_ROUNDS + repeats):
+        for contender in runtimes:
+            answer = contender.ask(forward=paths[:batch], batch=batch)
+            if round_ >= WARM_UP_ROUNDS:
+                seconds[contender.name].append(answer["seconds"])
+    best, median = min(seconds["torch"]), float(np.median(seconds["torch"]))
+    return f"forward pass alone, batch {batch} (images/s best / median, x eager torch): " + ", ".join(
+        f"{name} {batch / min(times):.1f} / {batch / np.median(times):.1f} "
+        f"({best / min(times):.2f}x / {median / np.median(times):.2f}x)" for name, times in seconds.items())
 
 
 def main() -> None:
@@ -92,61 +119,48 @@ def main() -> None:
     parser.add_argument("--runtimes", default="torch,onnxruntime,openvino,auto")
     parser.add_argument("--chunk", type=int, default=60, help="photos per turn of the round-robin")
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=8, help="rounds of the forward-alone timing")
     parser.add_argument("--earlier", type=Path, default=None,
                         help="src folder of an earlier camloc checkout, run as a contender")
-    allocator_option(parser)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (the camloc command tunes it: camloc.allocator)")
     args = parser.parse_args()
-    print(f"allocator: {apply_allocator(args)}; {torch.get_num_threads()} threads; {os.cpu_count()} cores")
-    paths = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    paths = sorted(str(p) for p in args.images.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     runtimes = args.runtimes.split(",")
     if "torch" not in runtimes:
         runtimes.insert(0, "torch")
-    started = time.perf_counter()
-    models = {name: camloc.load_model(dilate=True, runtime=name, log=print) for name in runtimes}
-    chose = f"; auto chose {models['auto'].runtime}" if "auto" in models else ""
-    print(f"loaded {len(models)} models in {time.perf_counter() - started:.1f}s{chose}")
+    names = [*runtimes, *(["earlier"] if args.earlier else []), "forward-only"]
+    contenders = {name: Contender(name, args.workers, args.default_malloc, args.earlier) for name in names}
+    chose = f"; auto chose {contenders['auto'].runtime}" if "auto" in contenders else ""
+    malloc = "glibc default" if args.default_malloc else "tuned as the camloc command tunes it"
+    print(f"{os.cpu_count()} cores; allocator {malloc}; one process per contender{chose}")
     scratch = Path(tempfile.mkdtemp(prefix="camloc-bench-runtime-"))
-    table = []
-    versus_earlier = []
+    table, versus_earlier = [], []
     chunks = [paths[i : i + args.chunk] for i in range(0, len(paths), args.chunk)]
-    contenders = [*runtimes, *(["earlier"] if args.earlier else []), "forward-only"]
     try:
         for batch in [int(b) for b in args.batch.split(",")]:
-            seconds = dict.fromkeys(contenders, 0.0)
-            cpu = dict.fromkeys(contenders, 0.0)
-            done = dict.fromkeys(contenders, 0)
-            results: dict[str, dict] = {name: {} for name in contenders if name != "forward-only"}
+            print(forward_alone(contenders, paths, batch, args.repeats), flush=True)
+            seconds, cpu, done = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0), dict.fromkeys(names, 0)
+            results: dict[str, dict] = {name: {} for name in names if name != "forward-only"}
             # chunk by chunk, every contender in turn: the machine's drift hits all alike
             for index, chunk in enumerate(chunks):
-                for name in contenders:
-                    cpu_before = cpu_seconds()
-                    if name == "forward-only":
-                        rate = forward_only(models["torch"], chunk, batch, args.workers)  # decoded as camloc run
-                        seconds[name] += len(chunk) / rate
-                        done[name] += len(chunk)
-                    elif name == "earlier":
-                        out = scratch / f"{name}-{batch}-{index}"
-                        seconds[name] += earlier_run(args.earlier, chunk, out, batch)
-                        done[name] += len(chunk)
+                for name, contender in contenders.items():
+                    out = scratch / f"{name}-{batch}-{index}"
+                    answer = contender.ask(run=chunk, out=str(out), batch=batch)
+                    seconds[name] += answer["seconds"]
+                    cpu[name] += answer["cpu"]
+                    done[name] += answer["done"]
+                    if name in results:
                         results[name].update(records(out))
-                        shutil.rmtree(out, ignore_errors=True)
-                    else:
-                        out = scratch / f"{name}-{batch}-{index}"
-                        options = RunOptions.build(out=out, batch_size=batch, workers=args.workers)
-                        summary = run(models[name], [str(p) for p in chunk], options)
-                        seconds[name] += summary.seconds
-                        done[name] += summary.done
-                        results[name].update(records(out))
-                        shutil.rmtree(out, ignore_errors=True)
-                    cpu[name] += cpu_seconds() - cpu_before
+                    shutil.rmtree(out, ignore_errors=True)
                 print(f"  batch {batch}, {sum(map(len, chunks[: index + 1]))} photos: " + ", ".join(
                     f"{name} {done[name] / seconds[name]:.2f} images/s ({cpu[name] / done[name]:.3f} CPU s/image)"
-                    for name in contenders), flush=True)
-            rate = {name: done[name] / seconds[name] for name in contenders}
-            for name in contenders:
+                    for name in names), flush=True)
+            rate = {name: done[name] / seconds[name] for name in names}
+            for name in names:
                 top1, boxes = agreement(results["torch"], results[name]) if name in results else (None, None)
-                label = f"auto ({models['auto'].runtime})" if name == "auto" else name
-                label = f"earlier camloc ({args.earlier})" if name == "earlier" else label
+                label = {"auto": f"auto ({contenders['auto'].runtime})",
+                         "earlier": f"earlier camloc ({args.earlier})"}.get(name, name)
                 per_image = cpu[name] / done[name]
                 table.append((label, batch, rate[name], rate[name] / rate["torch"], per_image,
                               (cpu["torch"] / done["torch"]) / per_image, top1, boxes))
@@ -154,6 +168,8 @@ def main() -> None:
                 versus_earlier.append(f"batch {batch}: the default (auto) runs {rate['auto'] / rate['earlier']:.2f}x "
                                       f"the earlier camloc's images/s")
     finally:
+        for contender in contenders.values():
+            contender.close()
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"\n{len(paths)} photos from {args.images}; `camloc run` job (overlays + results.jsonl), "
           "agreement vs --runtime torch")
@@ -165,6 +181,7 @@ def main() -> None:
               f"{fmt(top1)} | {fmt(boxes)} |")
     for line in versus_earlier:
         print(line)
+
 
 if __name__ == "__main__":
     main()

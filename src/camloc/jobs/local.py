@@ -82,7 +82,7 @@ class RunOptions:
     """A folder job: where it writes (``out``), what decides the answers (``config``), which
     files it writes (``outputs``), which detection sets it exports at the end (``exports``:
     COCO, YOLO, VOC, Label Studio, over every record of results.jsonl), and how it runs
-    (batches, decoding workers, resume, the pixel limit of inputs).
+    (batches, decoding threads, resume, the pixel limit of inputs).
 
     >>> RunOptions.build(out="x", topk=3, panels=True).config.topk
     3
