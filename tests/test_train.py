@@ -21,7 +21,7 @@ from camloc.errors import CamlocError, ModelError
 from camloc.models import load_model
 from camloc.models.checkpoint import load_checkpoint
 from camloc.train import DataError, TrainOptions, train
-from camloc.train.core import stages
+from camloc.train.core import load_images, stages
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -225,6 +225,26 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
     assert len(result.skipped) == 2
     assert sum(line.startswith("warning: skipped") for line in warnings) == 2
     assert len(result.val_paths) == 2  # one per class from the 4 + 4 readable images
+
+
+def test_decoding_threads_keep_each_image_with_its_label_and_skip_bad_files(tmp_path):
+    pairs = []
+    for i in range(70):  # more than 64: the automatic choice decodes in threads
+        path = tmp_path / f"{i:02d}.png"
+        if i % 9 == 4:
+            path.write_bytes(b"not an image")
+        else:
+            write_png(path, i)
+        pairs.append((path, i % 3))
+    in_turn = load_images(pairs, ["a", "b", "c"], 16, workers=0)
+    for workers in (None, 3):
+        threaded = load_images(pairs, ["a", "b", "c"], 16, workers=workers)
+        assert threaded.paths == in_turn.paths and len(threaded.paths) == 62
+        assert torch.equal(threaded.images, in_turn.images)
+        assert torch.equal(threaded.labels, in_turn.labels)
+        assert threaded.skipped == in_turn.skipped and len(threaded.skipped) == 8
+        bad = [f"{i:02d}.png" for i in range(70) if i % 9 == 4]
+        assert [next(name for name in bad if name in line) for line in threaded.skipped] == bad
 
 
 def test_validation_classes_missing_from_training(tmp_path):

@@ -621,7 +621,7 @@ def train(
         weights=str(weights) if weights is not None else None, unfreeze=unfreeze, epochs=epochs,
         batch_size=batch_size, lr=lr, backbone_lr_factor=backbone_lr_factor, weight_decay=weight_decay,
         schedule=schedule, label_smoothing=label_smoothing, balance=balance, image_size=input_size,
-        val_fraction=val_fraction, augment=augment, patience=patience, seed=seed, workers=workers or 0,
+        val_fraction=val_fraction, augment=augment, patience=patience, seed=seed, workers=workers,
         device=device, resume=resume, examples=examples, box_threshold=box_threshold,
     )
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

@@ -31,6 +31,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -88,7 +89,7 @@ class TrainOptions:
     augment: bool = True
     patience: int | None = None
     seed: int = 0
-    workers: int = 0
+    workers: int | None = None  # decoding threads; None: automatic
     device: str = "auto"
     resume: bool = False
     examples: int = 6
@@ -174,41 +175,40 @@ def decode(path: Path, size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-class _Files(torch.utils.data.Dataset):
-    def __init__(self, paths: Sequence[Path], size: int):
-        self.paths, self.size = list(paths), size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
-        try:
-            return index, decode(self.paths[index], self.size), None
-        except CamlocError as error:
-            return index, None, str(error)
-        except Exception as error:  # noqa: BLE001 - a bad file is skipped and counted
-            message = f"{self.paths[index]}: {type(error).__name__}: {error}"
-            return index, None, message.splitlines()[0]
+def decode_or_error(path: Path, size: int) -> tuple[torch.Tensor | None, str | None]:
+    """:func:`decode`, with a file that cannot be read given as one error line instead."""
+    try:
+        return decode(path, size), None
+    except CamlocError as error:
+        return None, str(error)
+    except Exception as error:  # noqa: BLE001 - a bad file is skipped and counted
+        return None, f"{path}: {type(error).__name__}: {error}".splitlines()[0]
 
 
 def load_images(pairs: Sequence[tuple[Path, int]], names: Sequence[str], size: int,
-                workers: int = 0, where: str = "", every_class: bool = True) -> ImageSet:
-    """Decode every image once (in ``workers`` processes); unreadable files are skipped.
+                workers: int | None = None, where: str = "", every_class: bool = True) -> ImageSet:
+    """Decode every image once (in ``workers`` threads; ``None``: up to 4 for more than a
+    batch of images, ``0``: in turn); unreadable files are skipped.
 
     Raises :class:`DataError` when a class (``every_class``), or the whole set, is left
     without a readable image.
     """
-    loader = torch.utils.data.DataLoader(_Files([p for p, _ in pairs], size), batch_size=64,
-                                         num_workers=workers, collate_fn=list)
+    files = [path for path, _ in pairs]
+    if workers is None:
+        workers = 0 if len(files) <= 64 else min(4, os.cpu_count() or 1)
+    if workers:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="camloc-decode") as pool:
+            decoded = list(pool.map(decode_or_error, files, [size] * len(files)))
+    else:
+        decoded = [decode_or_error(path, size) for path in files]
     images, labels, paths, skipped = [], [], [], []
-    for chunk in loader:
-        for index, tensor, error in chunk:
-            if error is not None:
-                skipped.append(error)
-                continue
-            images.append(tensor)
-            labels.append(pairs[index][1])
-            paths.append(str(pairs[index][0]))
+    for (path, label), (tensor, error) in zip(pairs, decoded, strict=True):
+        if tensor is None:
+            skipped.append(error or f"{path}: unreadable")
+            continue
+        images.append(tensor)
+        labels.append(label)
+        paths.append(str(path))
     missing = [name for index, name in enumerate(names) if index not in set(labels)]
     if missing and (every_class or not labels):
         raise DataError(f"{where or 'data'}: no readable image for class(es) {', '.join(missing)}"
