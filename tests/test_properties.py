@@ -22,9 +22,11 @@ from hypothesis.extra.numpy import arrays  # noqa: E402
 from PIL import Image
 
 from camloc.boxes import (  # noqa: E402
+    band_levels,
     box_iou,
     boxes_from_bands,
     boxes_from_maps,
+    map_levels,
     streamed_threshold_level,
     threshold_level,
 )
@@ -206,6 +208,10 @@ def test_boxes_from_bands_equal_boxes_from_maps(maps, threshold, band_pixels):
         values = tensor[index]
         level = streamed_threshold_level(lambda v=values: iter(v.split(3)), threshold, values.numel())
         assert abs(level - threshold_level(values, threshold)) <= 1e-6
+    banded_levels = band_levels(lambda i, a, b: tensor[i, a:b], tuple(maps.shape), threshold, band_pixels)
+    assert np.allclose(banded_levels, map_levels(tensor, threshold), rtol=0, atol=1e-6)
+    # levels handed in give the same boxes as levels found
+    assert boxes_from_maps(tensor, threshold, False, levels=map_levels(tensor, threshold)) == whole
 
 
 @FAST

@@ -163,6 +163,7 @@ def test_the_default_rule_and_its_level_on_each_map(client):
         assert 0.0 < level < 1.0 and level == pytest.approx(threshold_level(gray, "otsu"), abs=0.01)
     [expected] = camloc.explain(shared_model(), COFFEE, topk=2)
     assert [c["boxes"] for c in body["cams"]] == [[list(b) for b in bs] for bs in expected.boxes]
+    assert body["levels"] == [round(level, 2) for level in expected.levels]  # the levels the boxes were cut at
 
 
 def test_explain_large_image_returns_small_pictures_and_original_boxes(client):

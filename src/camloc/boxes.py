@@ -213,21 +213,37 @@ def _as_tensor(values: np.ndarray | torch.Tensor) -> torch.Tensor:
     return values if isinstance(values, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(values))
 
 
+def map_levels(normalized_maps: torch.Tensor | np.ndarray, threshold: Threshold) -> list[float]:
+    """:func:`threshold_level` of each map of a ``(k, H, W)`` stack: where its boxes are cut.
+
+    >>> heat = torch.zeros(2, 4, 4); heat[0, :2] = 1; heat[1, 0, 0] = 1
+    >>> map_levels(heat, 0.3), [round(level, 2) for level in map_levels(heat, "mean")]
+    ([0.3, 0.3], [0.5, 0.06])
+    """
+    maps = _as_tensor(normalized_maps)
+    if not isinstance(threshold, str):
+        return [float(threshold)] * len(maps)
+    return [threshold_level(m, threshold) for m in maps]
+
+
 def boxes_from_maps(
     normalized_maps: torch.Tensor | np.ndarray,
     threshold: Threshold = DEFAULT_THRESHOLD,
     largest_only: bool = True,
     min_area: float = 0.0,
+    levels: Sequence[float] | None = None,
 ) -> list[list[Box]]:
     """:func:`boxes_from_map` of each map of a ``(k, H, W)`` stack (one threshold
-    comparison, one transfer and one components pass for all k).
+    comparison, one transfer and one components pass for all k). ``levels``: the maps'
+    :func:`map_levels` under ``threshold``, when they are already known.
 
     >>> heat = torch.zeros(2, 20, 30); heat[0, 2:5, 3:9] = 1; heat[1, 10:20, 0:4] = 1
     >>> boxes_from_maps(heat, 0.5)
     [[(3, 2, 9, 5)], [(0, 10, 4, 20)]]
     """
     maps = _as_tensor(normalized_maps)
-    levels = [threshold_level(m, threshold) for m in maps] if isinstance(threshold, str) else [float(threshold)]
+    if levels is None:
+        levels = map_levels(maps, threshold)
     pixels = maps.shape[1] * maps.shape[2]
     return [_ranked_boxes(areas, boxes, largest_only, min_area, pixels)
             for areas, boxes in level_components(maps, levels)]
@@ -268,33 +284,58 @@ def boxes_from_bands(
     largest_only: bool = True,
     min_area: float = 0.0,
     band_pixels: int = 1 << 21,
+    levels: Sequence[float] | None = None,
 ) -> list[list[Box]]:
     """:func:`boxes_from_maps` of a ``(k, H, W)`` stack that is never held whole: ``bands(i,
     start, stop)`` gives rows ``start:stop`` of map ``i``, about ``band_pixels`` values at a
-    time. One map's mask (``H x W`` bytes) is the largest thing held; a rule threshold
-    (``"otsu"``, ``"mean"``...) reads the map's values in more passes of bands, with the same
-    result as :func:`threshold_level` on the whole map (to float rounding).
+    time. One map's mask (``H x W`` bytes) is the largest thing held. ``levels``: the maps'
+    :func:`band_levels`, when they are already known.
 
     >>> heat = torch.zeros(2, 20, 30); heat[0, 2:5, 3:9] = 1; heat[1, 10:20, 0:4] = 1
     >>> boxes_from_bands(lambda i, a, b: heat[i, a:b], (2, 20, 30), 0.5, band_pixels=60)
     [[(3, 2, 9, 5)], [(0, 10, 4, 20)]]
     """
     count, height, width = shape
-    step = max(1, band_pixels // max(width, 1))
+    if levels is None:
+        levels = band_levels(bands, shape, threshold, band_pixels)
     found = []
-    for index in range(count):
-        def chunks(index: int = index) -> Iterator[torch.Tensor]:
-            for start in range(0, height, step):
-                yield bands(index, start, min(start + step, height))
-
-        level = streamed_threshold_level(chunks, threshold, height * width)
+    for index, level in zip(range(count), levels, strict=True):
         padded = _framed(1, height, width)
-        for start, chunk in zip(range(0, height, step), chunks(), strict=True):
+        for start, chunk in _band_chunks(bands, index, height, width, band_pixels):
             values = chunk.detach().float().cpu().numpy()
             np.greater_equal(values, np.float32(level), out=padded[0, start:start + values.shape[0], 1:-1])
         [(areas, boxes)] = _framed_components(padded)
         found.append(_ranked_boxes(areas, boxes, largest_only, min_area, height * width))
     return found
+
+
+def band_levels(bands: Bands, shape: tuple[int, int, int], threshold: Threshold,
+                band_pixels: int = 1 << 21) -> list[float]:
+    """:func:`map_levels` of a stack read in bands (as :func:`boxes_from_bands` reads it): a
+    rule (``"otsu"``, ``"mean"``...) reads each map's values in passes of bands, with the
+    same result as on the whole map (to float rounding).
+
+    >>> heat = torch.zeros(1, 20, 30); heat[0, 2:5, 3:9] = 1
+    >>> [round(level, 2) for level in band_levels(lambda i, a, b: heat[i, a:b], (1, 20, 30), "mean", 60)]
+    [0.03]
+    """
+    count, height, width = shape
+
+    def levels_of(index: int) -> float:
+        def chunks() -> Iterator[torch.Tensor]:
+            return (chunk for _, chunk in _band_chunks(bands, index, height, width, band_pixels))
+
+        return streamed_threshold_level(chunks, threshold, height * width)
+
+    return [levels_of(index) for index in range(count)]
+
+
+def _band_chunks(bands: Bands, index: int, height: int, width: int,
+                 band_pixels: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start row, rows)`` of map ``index``, about ``band_pixels`` values at a time."""
+    step = max(1, band_pixels // max(width, 1))
+    for start in range(0, height, step):
+        yield start, bands(index, start, min(start + step, height))
 
 
 def streamed_threshold_level(chunks: Callable[[], Iterator[torch.Tensor]], threshold: Threshold,

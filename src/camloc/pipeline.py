@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .boxes import Box, Threshold, boxes_from_bands, boxes_from_maps, parse_threshold
+from .boxes import Box, Threshold, band_levels, boxes_from_bands, boxes_from_maps, map_levels, parse_threshold
 from .config import DEFAULT_BOX_THRESHOLD, DEFAULT_NORMALIZATION, NORMALIZATIONS, ExplainConfig
 from .errors import CamlocError, ClassError
 from .images import (
@@ -81,7 +81,8 @@ class Explanation:
     use), ``normalized`` the maps at original resolution scaled to [0, 1] over the pixels the
     network saw (``BoxOptions.normalization``; at another size when :func:`finish` was asked
     for one, as ``camloc serve`` does: ``coverage`` too), ``boxes[i]`` the boxes of class
-    ``targets[i]`` in original pixels (largest component first).
+    ``targets[i]`` in original pixels (largest component first), cut at ``levels[i]`` (the
+    box rule's level on that map at original resolution, a fraction of its range).
     """
 
     geometry: Geometry
@@ -94,6 +95,7 @@ class Explanation:
     source: str | None = None
     coverage: torch.Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    levels: list[float] = field(default_factory=list)
 
     @functools.cached_property
     def maps(self) -> torch.Tensor:
@@ -179,23 +181,30 @@ def finish(
     normalized = normalized_to_original_batch(output.maps, sampled, box_options.normalization)
     names = model.class_names
 
-    def boxes_of(i: int) -> list[list[Box]]:
+    def boxes_of(i: int) -> tuple[list[list[Box]], list[float]]:
+        """Image ``i``'s boxes and the level each map was cut at (at original resolution)."""
         options = box_options
         if sampled[i] is geometries[i]:
-            return boxes_from_maps(normalized[i], options.threshold, options.largest_only, options.min_area)
+            levels = map_levels(normalized[i], options.threshold)
+            boxes = boxes_from_maps(normalized[i], options.threshold, options.largest_only, options.min_area, levels)
+            return boxes, levels
         bands = OriginalBands(output.maps[i], geometries[i], options.normalization)
-        return boxes_from_bands(bands.band, bands.shape, options.threshold, options.largest_only, options.min_area)
+        levels = band_levels(bands.band, bands.shape, options.threshold)
+        return boxes_from_bands(bands.band, bands.shape, options.threshold, options.largest_only, options.min_area,
+                                levels=levels), levels
 
     def explanation(i: int) -> Explanation:
         geometry = sampled[i]
         covered = coverage_mask(geometry, output.maps.device) if geometry.policy == "center-crop" else None
+        boxes, levels = boxes_of(i)
         return Explanation(
             geometry=geometries[i],
             predictions=[Prediction(c, names[c], s) for c, s in zip(top_indices[i], top_values[i], strict=True)],
             targets=[Prediction(c, names[c], s) for c, s in zip(classes[i], scores[i], strict=True)],
             feature_maps=output.maps[i].float(),
             normalized=normalized[i],
-            boxes=boxes_of(i),
+            boxes=boxes,
+            levels=levels,
             method=output.method,
             source=sources[i] if sources is not None else None,
             coverage=covered,

@@ -58,7 +58,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import render
 from ..allocator import release_memory
-from ..boxes import threshold_level
 from ..config import parse_threshold
 from ..errors import CamlocError
 from ..images import RESIZE_POLICIES, Geometry, claimed_size, read_image
@@ -328,9 +327,9 @@ def explain_response(
 
     Pictures are at display size (:func:`request_display_size`), the size ``result``'s maps
     were computed at; ``scale_x`` and ``scale_y`` turn display pixels into the record's
-    original pixels (``scale``: the same along the longer side). ``levels``: the level of
-    the box rule on each map (Otsu's split differs from map to map), where the page's
-    threshold slider starts.
+    original pixels (``scale``: the same along the longer side). ``levels``: the level
+    each map's boxes were cut at under the box rule (Otsu's split differs from map to map),
+    where the page's threshold slider starts.
     """
     rule = config.box_threshold(model, result.method)
     width, height = request_display_size(*result.size, options)
@@ -353,7 +352,7 @@ def explain_response(
         "display": {"width": width, "height": height,
                     "scale": max(original_w, original_h) / max(width, height),
                     "scale_x": original_w / width, "scale_y": original_h / height},
-        "levels": [round(threshold_level(normalized, rule), 2) for normalized in small.normalized],
+        "levels": [round(level, 2) for level in result.levels],
         "options": {"threshold": rule, "colormap": options.colormap,
                     "opacity": options.opacity, "policy": config.policy, "method": result.method},
         "picture": data_url(picture, "jpeg"),
