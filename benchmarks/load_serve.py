@@ -12,6 +12,8 @@ an error too (it would mean concurrent requests got mixed up).
     python benchmarks/load_serve.py --compare --requests 96 --concurrency 1,8,32  # batching on/off
     python benchmarks/load_serve.py --compare --baseline-args "--runtime torch --max-batch 1" \
         --batch-args "" --concurrency 1,8,32   # the default server against eager PyTorch alone
+    python benchmarks/load_serve.py --compare --baseline-src /tmp/earlier/src --baseline-args "" \
+        --batch-args "" --concurrency 1,8,32   # against an earlier camloc's server
 
 ``--compare``: two servers side by side, a baseline (``--baseline-args``, default
 ``--max-batch 1``: each request's forward pass alone; ``--runtime torch --max-batch 1`` is the
@@ -20,7 +22,9 @@ server with neither a faster runtime nor batching) and the default micro-batchin
 in turn (round-robin, ``--rounds`` times, the order alternating) at each concurrency with
 the same photos; prints images/s, p50/p95 latency and the server's CPU time per image (less
 sensitive than wall time to other work on the machine) of each, their ratios, and the mean
-batch (``GET /api/stats``).
+batch (``GET /api/stats``). ``--baseline-src SRC`` runs the baseline from the ``src`` folder
+of an earlier camloc checkout (``git worktree add /tmp/earlier COMMIT``), with its own
+defaults; a server without ``/api/stats`` shows no mean batch.
 
 ``--mixed``: normal photos among adversarial requests (a 120 KB PNG of 6000x6000 pixels with
 topk=20, 20 classes on a 1000x1000 PNG with max_side=0, a 4000x3000 PNG with max_side=0,
@@ -171,12 +175,13 @@ def camloc_server(extra_args: list[str], startup_timeout: float = 180.0):
 
 
 @contextmanager
-def camloc_server_process(extra_args: list[str], startup_timeout: float = 180.0):
-    """``camloc serve`` on a free port of 127.0.0.1 in a subprocess; yields ``(URL, process)``."""
+def camloc_server_process(extra_args: list[str], startup_timeout: float = 180.0, src: Path | None = None):
+    """``camloc serve`` on a free port of 127.0.0.1 in a subprocess (the camloc of ``src``, a
+    checkout's source folder, when given); yields ``(URL, process)``."""
     port = free_port()
     command = [sys.executable, "-m", "camloc.cli", "serve", "--port", str(port), *extra_args]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              env=dict(os.environ))
+    env = {**os.environ, **({"PYTHONPATH": str(src)} if src else {})}
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_timeout
@@ -399,13 +404,15 @@ class Contender:
         """The server's CPU seconds (all its threads) per answered image."""
         return sum(self.cpu[concurrency]) / max(sum(len(r.latencies) for r in self.loads[concurrency]), 1)
 
-    def mean_batch(self, concurrency: int) -> float:
+    def mean_batch(self, concurrency: int) -> str:
         passes = sum(p for p, _ in self.batches[concurrency])
-        return sum(i for _, i in self.batches[concurrency]) / max(passes, 1)
+        return f"{sum(i for _, i in self.batches[concurrency]) / passes:.2f}" if passes else "—"
 
 
 def stats(url: str) -> dict:
-    return httpx.get(f"{url}/api/stats", timeout=30).json()
+    """The server's counters; zeros from a server without ``/api/stats`` (an earlier camloc)."""
+    response = httpx.get(f"{url}/api/stats", timeout=30)
+    return response.json() if response.status_code == 200 else {"forward_passes": 0, "images": 0}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -424,7 +431,7 @@ def compare_table(contenders: list[Contender], levels: list[int]) -> list[str]:
                          f"{contender.latency(concurrency, 50) * 1000:.0f} | "
                          f"{contender.latency(concurrency, 95) * 1000:.0f} | "
                          f"{contender.cpu_per_image(concurrency) * 1000:.0f} | "
-                         f"{contender.mean_batch(concurrency):.2f} | {len(contender.errors(concurrency))} |")
+                         f"{contender.mean_batch(concurrency)} | {len(contender.errors(concurrency))} |")
         first, second = contenders
         lines.append(f"| {concurrency} | ratio second / first | "
                      f"**{second.throughput(concurrency) / first.throughput(concurrency):.2f}×** | "
@@ -437,12 +444,14 @@ def compare_table(contenders: list[Contender], levels: list[int]) -> list[str]:
 def main_compare(args: argparse.Namespace, images: list[Path]) -> int:
     levels = [int(c) for c in str(args.concurrency).split(",")]
     common = args.server_args.split()
-    setups = [(args.baseline_args or "(defaults)", [*common, *args.baseline_args.split()]),
+    baseline = f"camloc of {args.baseline_src} " if args.baseline_src else ""
+    setups = [(baseline + (args.baseline_args or "(defaults)"), [*common, *args.baseline_args.split()]),
               (args.batch_args or "(defaults)", [*common, *args.batch_args.split()])]
     print(f"camloc serve, {setups[0][0]} against {setups[1][0]}: {len(images)} photos, {os.cpu_count()} CPUs, "
           f"{args.requests} requests per load, {args.rounds} round(s), concurrency {levels}; "
           f"server arguments {' '.join(common) or '(defaults)'}", flush=True)
-    with camloc_server_process(setups[0][1]) as first, camloc_server_process(setups[1][1]) as second:
+    with camloc_server_process(setups[0][1], src=args.baseline_src) as first, \
+            camloc_server_process(setups[1][1]) as second:
         contenders = [Contender(setups[0][0], first[0], first[1].pid),
                       Contender(setups[1][0], second[0], second[1].pid)]
         for contender in contenders:
@@ -484,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                         "round-robin (starts both servers)")
     parser.add_argument("--baseline-args", default="--max-batch 1", help="with --compare: the first "
                         "server's arguments (added to --server-args)")
+    parser.add_argument("--baseline-src", type=Path, default=None, help="with --compare: run the baseline "
+                        "server from this src folder of an earlier camloc checkout")
     parser.add_argument("--batch-args", default="--max-batch 8", help="with --compare: the batched server's "
                         "arguments (added to --server-args)")
     parser.add_argument("--rounds", type=int, default=3, help="with --compare: loads per server and concurrency")
