@@ -73,10 +73,29 @@ class ImageDataset:
         except ImageError as error:
             return Item(index, str(path), error=str(error))
         except Exception as error:  # noqa: BLE001 - one bad file never stops the run
-            return Item(index, str(path), error=f"{path}: {type(error).__name__}: {error}".splitlines()[0])
+            return Item(index, str(path), error=unexpected_error_line(path, error))
+
+
+def unexpected_error_line(path: str | os.PathLike, error: Exception) -> str:
+    """One line naming the file and an error camloc did not raise itself.
+
+    >>> unexpected_error_line("a.png", OSError("broken\\nmore"))
+    'a.png: OSError: broken'
+    """
+    return f"{path}: {type(error).__name__}: {error}".splitlines()[0]
 
 
 PREFETCH_BATCHES = 2  # batches decoded ahead of the one the model is on: memory stays flat
+
+
+def decoding_threads(images: int, few: int) -> int:
+    """The automatic number of decoding threads: none for ``few`` images or fewer (starting
+    threads costs more than it saves), else up to 4.
+
+    >>> decoding_threads(10, few=32), decoding_threads(100, few=32) >= 1
+    (0, True)
+    """
+    return 0 if images <= few else min(4, os.cpu_count() or 1)
 
 
 def batches(paths: Sequence[Path], preprocessing: Any, policy: str, max_pixels: int,
@@ -98,8 +117,8 @@ def batches(paths: Sequence[Path], preprocessing: Any, policy: str, max_pixels: 
     [2, 2, 1]
     """
     dataset = ImageDataset(paths, preprocessing, policy, max_pixels, input_size)
-    if workers is None:  # starting threads costs more than it saves on a handful of images
-        workers = 0 if len(paths) <= 2 * batch_size else min(4, os.cpu_count() or 1)
+    if workers is None:
+        workers = decoding_threads(len(paths), few=2 * batch_size)
     groups = [range(start, min(start + batch_size, len(paths))) for start in range(0, len(paths), batch_size)]
     if workers == 0:
         for group in groups:

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..boxes import parse_threshold
+from ..dataset import decoding_threads, unexpected_error_line
 from ..errors import CamlocError, ModelError
 from ..images import is_image_path, load_image
 from ..models import ClassifierAdapter, load_model, resolve_device
@@ -182,7 +183,7 @@ def decode_or_error(path: Path, size: int) -> tuple[torch.Tensor | None, str | N
     except CamlocError as error:
         return None, str(error)
     except Exception as error:  # noqa: BLE001 - a bad file is skipped and counted
-        return None, f"{path}: {type(error).__name__}: {error}".splitlines()[0]
+        return None, unexpected_error_line(path, error)
 
 
 def load_images(pairs: Sequence[tuple[Path, int]], names: Sequence[str], size: int,
@@ -195,7 +196,7 @@ def load_images(pairs: Sequence[tuple[Path, int]], names: Sequence[str], size: i
     """
     files = [path for path, _ in pairs]
     if workers is None:
-        workers = 0 if len(files) <= 64 else min(4, os.cpu_count() or 1)
+        workers = decoding_threads(len(files), few=64)
     if workers:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="camloc-decode") as pool:
             decoded = list(pool.map(decode_or_error, files, [size] * len(files)))
