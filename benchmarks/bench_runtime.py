@@ -159,7 +159,7 @@ def main() -> None:
             rate = {name: done[name] / seconds[name] for name in names}
             for name in names:
                 top1, boxes = agreement(results["torch"], results[name]) if name in results else (None, None)
-                label = {"auto": f"auto ({contenders['auto'].runtime})",
+                label = {"auto": f"auto ({contenders[name].runtime})",
                          "earlier": f"earlier camloc ({args.earlier})"}.get(name, name)
                 per_image = cpu[name] / done[name]
                 table.append((label, batch, rate[name], rate[name] / rate["torch"], per_image,

@@ -63,15 +63,15 @@ def main() -> None:
         runtime = "torch" if args.name == "forward-only" else args.name
         model = camloc.load_model(dilate=True, runtime=runtime)
     RunOptions, run = job()
+    if args.name == "forward-only":
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_run import forward_only
     decoded: dict[tuple, object] = {}
     print(json.dumps({"ready": args.name, "runtime": getattr(model, "runtime", "torch")}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
         before = cpu_seconds()
         if "run" in request and args.name == "forward-only":
-            sys.path.insert(0, str(Path(__file__).parent))
-            from bench_run import forward_only
-
             rate = forward_only(model, request["run"], request["batch"], args.workers)
             answer = {"seconds": len(request["run"]) / rate, "done": len(request["run"])}
         elif "run" in request:

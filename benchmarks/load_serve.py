@@ -412,7 +412,10 @@ class Contender:
 def stats(url: str) -> dict:
     """The server's counters; zeros from a server without ``/api/stats`` (an earlier camloc)."""
     response = httpx.get(f"{url}/api/stats", timeout=30)
-    return response.json() if response.status_code == 200 else {"forward_passes": 0, "images": 0}
+    if response.status_code == 404:
+        return {"forward_passes": 0, "images": 0}
+    response.raise_for_status()
+    return response.json()
 
 
 def cpu_seconds(pid: int) -> float:
